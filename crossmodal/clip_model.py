@@ -1,0 +1,214 @@
+"""Resolve and load open_clip models, one tower at a time.
+
+Resolution never waits on an unreachable hub: a pretrained tag is looked up in the
+local caches first, downloaded only when the hub answers, and otherwise the
+caller gets an error that says exactly what to do. When the user named no model
+and the default weights cannot be had, the service falls back to the small demo
+model trained by this project (``models/demo-clip``) and says so loudly.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import open_clip
+import torch
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+DEMO_MODEL = "demo-clip"
+RANDOM_INIT = ("none", "random")
+HUB_HOST = "huggingface.co"
+
+
+class ModelUnavailable(RuntimeError):
+    """The requested model or its weights cannot be loaded here."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A fully resolved model: an open_clip config name plus a local checkpoint file."""
+
+    name: str
+    pretrained: str  # as given: a tag, a checkpoint path, or "none"; resolve(name, pretrained) is this spec
+    checkpoint: Optional[str]  # None: seeded random initialisation (tests, benchmarks)
+    label: str  # what the workspace records, e.g. "ViT-B-32/openai"
+    fallback: bool = False
+    preprocess: dict = field(default_factory=dict)  # image_mean/std/interpolation/resize_mode
+    quick_gelu: bool = False
+
+
+def register_local_configs() -> None:
+    """Make every ``models/<name>.json`` usable as an open_clip model name."""
+    if MODELS_DIR.is_dir():
+        open_clip.add_model_config(MODELS_DIR)
+
+
+def _config_name(model: str) -> str:
+    """Accept a model name or a path to an open_clip config JSON (its stem is the name)."""
+    if model.endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelUnavailable(f"--model: config file {model!r} does not exist")
+        open_clip.add_model_config(path)
+        return path.stem
+    if open_clip.get_model_config(model) is None:
+        raise ModelUnavailable(
+            f"--model: unknown model {model!r}; choose one of open_clip.list_models() "
+            f"or a config in {MODELS_DIR}"
+        )
+    return model
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        socket.getaddrinfo(HUB_HOST, 443)
+        return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _cached_file(cfg: dict, cache_dir: Optional[str]) -> Optional[str]:
+    """The checkpoint of a pretrained tag if it is already on this machine."""
+    if cfg.get("file") and os.path.isfile(cfg["file"]):
+        return cfg["file"]
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" names no file
+        for name in ([filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return found
+    if cfg.get("url"):
+        path = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(cfg["url"])
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _tag_checkpoint(name: str, tag: str, cache_dir: Optional[str]) -> tuple[str, dict]:
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        raise ModelUnavailable(
+            f"--pretrained: {tag!r} is neither a file nor a known tag of {name}; "
+            f"known tags: {open_clip.list_pretrained_tags_by_model(name)}"
+        )
+    found = _cached_file(cfg, cache_dir)
+    if found is None and _hub_reachable():
+        found = open_clip.download_pretrained(cfg, cache_dir=cache_dir) or None
+    if found is None:
+        where = cfg.get("hf_hub") or cfg.get("url")
+        raise ModelUnavailable(
+            f"pretrained weights {name}/{tag} are not on this machine and cannot be downloaded "
+            f"(no network). Download them where there is network ({where}) and either copy the "
+            f"Hugging Face cache (~/.cache/huggingface) here or pass --pretrained /path/to/checkpoint"
+        )
+    return found, cfg
+
+
+def resolve(model: Optional[str] = None, pretrained: Optional[str] = None,
+            cache_dir: Optional[str] = None) -> ModelSpec:
+    """Turn the user's ``--model/--pretrained`` into a loadable spec.
+
+    Naming nothing means ViT-B-32/openai, or the demo model when those weights are
+    unavailable; naming a model explicitly never falls back.
+    """
+    register_local_configs()
+    if model is None and pretrained is None:
+        try:
+            return resolve(DEFAULT_MODEL, DEFAULT_PRETRAINED, cache_dir)
+        except ModelUnavailable as err:
+            demo = resolve(DEMO_MODEL, str(MODELS_DIR / f"{DEMO_MODEL}.pt"))
+            log.warning(
+                "\n%s\nWARNING: %s\nUsing the small offline demo model %r instead: it only knows "
+                "the generated shapes data. Pass --model/--pretrained with real CLIP weights for "
+                "real photos.\n%s", "!" * 78, err, DEMO_MODEL, "!" * 78,
+            )
+            return ModelSpec(**{**demo.__dict__, "fallback": True})
+    name = _config_name(model or DEFAULT_MODEL)
+    if pretrained is None:
+        local = MODELS_DIR / f"{name}.pt"
+        if not local.is_file():
+            raise ModelUnavailable(
+                f"--pretrained is required for {name}: a tag ({open_clip.list_pretrained_tags_by_model(name)}), "
+                "a checkpoint path, or 'none' for random weights"
+            )
+        pretrained = str(local)
+    if pretrained.lower() in RANDOM_INIT:
+        return ModelSpec(name, pretrained, None, f"{name}/random")
+    if os.path.isfile(pretrained):
+        return ModelSpec(name, pretrained, pretrained, f"{name}/{Path(pretrained).name}")
+    checkpoint, cfg = _tag_checkpoint(name, pretrained, cache_dir)
+    preprocess = {
+        "image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
+        "image_interpolation": cfg.get("interpolation"), "image_resize_mode": cfg.get("resize_mode"),
+    }
+    return ModelSpec(name, pretrained, checkpoint, f"{name}/{pretrained}", preprocess=preprocess,
+                     quick_gelu=bool(cfg.get("quick_gelu")))
+
+
+def embed_dim(spec: ModelSpec) -> int:
+    """Embedding width from the config alone, so the indexer never loads weights."""
+    register_local_configs()
+    return int(open_clip.get_model_config(spec.name)["embed_dim"])
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Tower:
+    """One loaded tower: the module, its input transform and the model's identity."""
+
+    module: torch.nn.Module
+    transform: Callable  # image preprocess or text tokenizer
+    spec: ModelSpec
+    device: torch.device
+    dim: int
+
+
+def _create(spec: ModelSpec, device: torch.device, seed: int):
+    torch.manual_seed(seed)  # random-init models (tests, benchmarks) are reproducible
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.name, pretrained=spec.checkpoint, device=device, force_quick_gelu=spec.quick_gelu,
+            **{k: v for k, v in spec.preprocess.items() if v is not None},
+        )
+    except (RuntimeError, FileNotFoundError, KeyError) as err:
+        raise ModelUnavailable(f"cannot load {spec.label} from {spec.checkpoint}: {err}") from err
+    return model.eval(), preprocess
+
+
+def load_image_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
+    """Load the model and keep only ``visual``: the text transformer is dropped."""
+    dev = pick_device(device)
+    model, preprocess = _create(spec, dev, seed)
+    visual = model.visual
+    del model
+    gc.collect()
+    return Tower(visual, preprocess, spec, dev, embed_dim(spec))
+
+
+def load_text_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
+    """Load the model and drop ``visual``: only the text tower stays in memory."""
+    dev = pick_device(device)
+    model, _ = _create(spec, dev, seed)
+    del model.visual
+    gc.collect()
+    return Tower(model, open_clip.get_tokenizer(spec.name), spec, dev, embed_dim(spec))

@@ -1,0 +1,144 @@
+"""The indexer's logic: a Store plus one VectorIndex per modality, kept in step.
+
+Writes go to SQLite first (durable once committed), then to FAISS; on start the
+FAISS copies are loaded only when they match the store's generation, otherwise
+rebuilt from it, so a crash between the two never loses or resurrects content.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from crossmodal.schemas import MODALITIES
+from crossmodal.store import Item, Row, Store, WorkspaceLock
+from crossmodal.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    workspace: Path
+    model: str  # the label recorded in the workspace
+    dim: int
+    factory: str = "Flat"
+    ef_search: int = 128
+    nprobe: int = 16
+    rebuild_tombstone_ratio: float = 0.25
+
+
+@dataclass
+class Match:
+    row: Row
+    score: float
+
+
+class ContentIndex:
+    """Upsert, delete and owner-excluding search over texts and images."""
+
+    def __init__(self, config: IndexConfig):
+        self.config = config
+        self._lock = WorkspaceLock(config.workspace)
+        self._lock.acquire()
+        try:
+            self.store = Store(config.workspace)
+            self.store.bind_model(config.model, config.dim)
+            self._write_lock = threading.Lock()
+            self.vectors = {m: self._open_vectors(m) for m in MODALITIES}
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # -- lifecycle ------------------------------------------------------------------
+    def _vector_path(self, modality: str) -> Path:
+        return self.config.workspace / f"faiss-{modality}.index"
+
+    def _vector_params(self) -> dict:
+        return {"ef_search": self.config.ef_search, "nprobe": self.config.nprobe}
+
+    def _open_vectors(self, modality: str) -> VectorIndex:
+        cfg = self.config
+        loaded = VectorIndex.load(self._vector_path(modality), self.store.generation, cfg.dim,
+                                  cfg.factory, **self._vector_params())
+        if loaded is not None:
+            return loaded
+        log.info("rebuilding the %s FAISS index from the store", modality)
+        return VectorIndex.build(cfg.dim, cfg.factory, self.store.iter_embeddings(modality),
+                                 **self._vector_params())
+
+    def save(self) -> None:
+        with self._write_lock:
+            generation = self.store.generation
+            for modality, vectors in self.vectors.items():
+                vectors.save(self._vector_path(modality), generation)
+
+    def close(self) -> None:
+        try:
+            self.save()
+        finally:
+            self.store.close()
+            self._lock.release()
+
+    # -- writes ---------------------------------------------------------------------
+    def upsert(self, items: Sequence[Item]) -> list[str]:
+        """Store then index; returns 'indexed' or 'updated' per item."""
+        for item in items:
+            if item.embedding.shape != (self.config.dim,):
+                raise ValueError(f"embedding: shape {item.embedding.shape} != ({self.config.dim},)")
+        with self._write_lock:
+            results = self.store.upsert(items)
+            for modality in MODALITIES:
+                self.vectors[modality].remove(old.vid for _, old in results if old and old.modality == modality)
+                picked = [(vid, item) for (vid, _), item in zip(results, items) if item.modality == modality]
+                if picked:
+                    self.vectors[modality].add(np.array([vid for vid, _ in picked], np.int64),
+                                               np.vstack([item.embedding for _, item in picked]))
+            self._compact_if_needed()
+        return ["updated" if old else "indexed" for _, old in results]
+
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        with self._write_lock:
+            removed = self.store.delete(ids)
+            for modality in MODALITIES:
+                self.vectors[modality].remove(row.vid for row in removed if row and row.modality == modality)
+            self._compact_if_needed()
+        return ["deleted" if row else "not_found" for row in removed]
+
+    def _compact_if_needed(self) -> None:
+        """Rebuild an index whose tombstones have grown past the configured ratio."""
+        for modality, vectors in self.vectors.items():
+            if len(vectors.tombstones) > self.config.rebuild_tombstone_ratio * max(vectors.index.ntotal, 1):
+                self.vectors[modality] = VectorIndex.build(
+                    self.config.dim, self.config.factory, self.store.iter_embeddings(modality),
+                    **self._vector_params())
+
+    # -- reads ----------------------------------------------------------------------
+    def search(self, queries: np.ndarray, modality: str, k: int, exclude_owner: Optional[str] = None
+               ) -> list[list[Match]]:
+        """Top-k live matches of one modality per query, the owner's own items excluded."""
+        vectors = self.vectors[modality]
+        if vectors.size == 0 or not len(queries):
+            return [[] for _ in range(len(queries))]
+        exclude = self.store.owner_vids(exclude_owner, modality) if exclude_owner else None
+        scores, vids = vectors.search(queries, k, exclude)
+        rows = self.store.rows(np.unique(vids[vids >= 0]))
+        return [
+            [Match(rows[v], float(s)) for s, v in zip(qs, qv) if v >= 0 and v in rows][:k]
+            for qs, qv in zip(scores, vids)
+        ]
+
+    def stats(self) -> dict:
+        return {
+            "count": {m: self.store.count(m) for m in MODALITIES},
+            "total": self.store.count(),
+            "owners": self.store.owner_count(),
+            "model": self.config.model,
+            "dim": self.config.dim,
+            "index_type": self.config.factory,
+            "effective_index_type": {m: v.effective_factory for m, v in self.vectors.items()},
+        }

@@ -1,0 +1,327 @@
+"""Query-less recommendations from a user's own history (issue 5), as plain functions.
+
+The Flow splits the work in two: the recommender turns one modality of a user's
+history into a few *seeds* (``plan_seeds``), the indexer searches around each seed
+(``candidate_budget`` says how deep) and merges what it found (``select``). Nothing
+here does I/O or imports Jina/DocArray, so both executors and the tests call it
+directly.
+
+Seeds follow the user's interests: HDBSCAN clusters the history, each large cluster
+contributes its medoid (a real post, so a seed always sits where the user posted),
+and a random outlier post adds a little serendipity. ``k`` is shared among the
+seeds so that the result list mirrors how much the user posts about each interest.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import hdbscan
+import numpy as np
+
+# Same values as ``crossmodal.schemas.MODALITIES``; not imported from there because
+# that module pulls in DocArray (seconds of import time) for one tuple.
+MODALITIES = ("text", "image")
+
+# Accepted values per parameter: (interval as shown in errors, membership test).
+_RANGES = {
+    "k": ("[1, 1000]", lambda v: 1 <= v <= 1000),
+    "min_cluster_size": ("[2, 1000]", lambda v: 2 <= v <= 1000),  # HDBSCAN needs >= 2
+    "min_samples": ("[1, 1000]", lambda v: 1 <= v <= 1000),
+    "max_seeds": ("[1, 100]", lambda v: 1 <= v <= 100),
+    "outlier_share": ("[0, 1)", lambda v: 0 <= v < 1),  # 1 would leave no room for interests
+    "novelty_threshold": ("(0, 1]", lambda v: 0 < v <= 1),
+    "diversity": ("[0, 1]", lambda v: 0 <= v <= 1),
+    "seed": ("[0, 2**32)", lambda v: 0 <= v < 2**32),
+}
+
+
+@dataclass(frozen=True)
+class RecommendParams:
+    """Validated ``/recommend`` parameters; constructing one checks (and coerces) every field.
+
+    The clustering defaults (3, 2) still find interests in a history of 10-20 posts:
+    three posts about something is already a pattern for a single person.
+    """
+
+    username: str
+    k: int = 10
+    min_cluster_size: int = 3
+    min_samples: int = 2
+    max_seeds: int = 3
+    outlier_share: float = 0.2
+    novelty_threshold: float = 0.95
+    diversity: float = 0.7  # MMR lambda: 1 = pure relevance, 0 = pure diversity
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.username, str) or not self.username.strip():
+            raise ValueError(f"username must be a non-empty string, got {self.username!r}")
+        for f in fields(self):
+            if f.name in _RANGES:
+                value = _as_number(f.name, getattr(self, f.name), integer=f.type in ("int", int))
+                interval, accepts = _RANGES[f.name]
+                if not accepts(value):
+                    raise ValueError(f"{f.name} must be in {interval}, got {value!r}")
+                object.__setattr__(self, f.name, value)  # 5.0 -> 5: JSON numbers arrive as floats
+
+
+def _as_number(name: str, value: Any, integer: bool) -> float:
+    """Accept real numbers (integral ones where an int is due), never bools or strings."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range is outside every accepted interval
+        raise ValueError(f"{name} is out of range, got {value!r}") from None
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        expected = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value) if integer else number
+
+
+def parse_recommend_params(params: Mapping[str, Any]) -> RecommendParams:
+    """Build validated parameters from a request's ``parameters`` dict.
+
+    Unknown keys (Jina's ``__results__``, other endpoints' options) are ignored and
+    ``None`` means "use the default", so one request dict can serve several endpoints.
+    """
+    known = {f.name for f in fields(RecommendParams)}
+    given = {key: value for key, value in params.items() if key in known and value is not None}
+    return RecommendParams(**{"username": None, **given})
+
+
+@dataclass(eq=False)  # identity equality: a generated __eq__ cannot compare ndarray fields
+class Seed:
+    """A point of the user's history to search around, and how many of k it yields."""
+
+    modality: str  # modality of the history posts it was built from
+    kind: str  # medoid | serendipity | history
+    cluster: int  # HDBSCAN label of its interest; -1 when not built from a cluster
+    share: int
+    embedding: np.ndarray  # unit-norm float32 [d]
+
+
+@dataclass(eq=False)
+class Candidate:
+    """One search result of one seed, as the indexer found it."""
+
+    id: str
+    modality: str
+    score: float  # similarity to the seed, higher is better
+    embedding: np.ndarray
+    payload: Any = None  # row metadata the indexer carries through untouched
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Float32 rows of norm 1, so that dot products are cosines (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def plan_seeds(
+    embeddings: np.ndarray,
+    created_at: np.ndarray,
+    modality: str,
+    params: RecommendParams,
+    max_history: int = 1000,
+) -> list[Seed]:
+    """Seeds for one modality of a user's history; their shares sum to ``params.k``.
+
+    Only the ``max_history`` most recent posts are clustered: HDBSCAN here builds an
+    n x n distance matrix, and recent posts say more about current interests anyway.
+    An empty history gives no seeds (the caller answers with a reason, not an error).
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    t = np.asarray(created_at, dtype=np.float64)
+    if x.ndim != 2 or t.shape != (len(x),):
+        raise ValueError(f"embeddings [n, d] and created_at [n] expected, got {x.shape} and {t.shape}")
+    if len(x) == 0:
+        return []
+    if len(x) > max_history:
+        keep = np.sort(np.argsort(t, kind="stable")[-max_history:])
+        x, t = x[keep], t[keep]
+    x = _unit(x)
+    labels = _cluster(x, params)
+    if labels.max() < 0:
+        return _history_seeds(x, t, modality, params)
+    return _cluster_seeds(x, labels, modality, params)
+
+
+def _cluster(x: np.ndarray, params: RecommendParams) -> np.ndarray:
+    """HDBSCAN labels of unit vectors (-1 = noise); Euclidean on the sphere ranks like cosine.
+
+    HDBSCAN never returns exactly one cluster unless told it may, and when told so it
+    swallows distinct interests into that one (the root of a bounded space always looks
+    stable). So: look for several interests first, and only if there are none ask
+    whether the history has one dense core. The generic algorithm is the fastest for
+    a few hundred high-dimensional points (tree indexes do not help in 512-d).
+    """
+    if len(x) < max(params.min_cluster_size, params.min_samples + 1):
+        return np.full(len(x), -1)
+    for single in (False, True):
+        labels = hdbscan.HDBSCAN(
+            min_cluster_size=params.min_cluster_size,
+            min_samples=params.min_samples,
+            algorithm="generic",
+            allow_single_cluster=single,
+        ).fit_predict(x.astype(np.float64))
+        if labels.max() >= 0:
+            break
+    return labels
+
+
+def _medoid(members: np.ndarray) -> int:
+    """Row with the highest mean cosine to all rows: for unit vectors that mean is
+    ``row . mean(rows)``, so no m x m matrix is needed."""
+    return int(np.argmax(members @ members.mean(axis=0)))
+
+
+def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` into integer shares proportional to ``weights`` (sorted descending).
+
+    Every weight gets 1 first while ``total`` allows, so no interest vanishes from the
+    list; the rest goes by largest remainder. When ``total`` is smaller than the number
+    of weights the last (smallest) ones get 0.
+    """
+    shares = np.zeros(len(weights), dtype=int)
+    n = min(len(weights), total)
+    if n == 0:
+        return shares
+    quota = weights[:n] / weights[:n].sum() * (total - n)
+    extra = np.floor(quota).astype(int)
+    extra[np.argsort(extra - quota, kind="stable")[: total - n - extra.sum()]] += 1
+    shares[:n] = 1 + extra
+    return shares
+
+
+def _history_seeds(x: np.ndarray, t: np.ndarray, modality: str, params: RecommendParams) -> list[Seed]:
+    """No interest stands out: the most central post plus the most recent others, evenly."""
+    centre = _medoid(x)
+    recent = [int(i) for i in np.argsort(-t, kind="stable") if i != centre][: params.max_seeds - 1]
+    rows = [centre, *recent]
+    shares = _apportion(np.ones(len(rows)), params.k)
+    return [Seed(modality, "history", -1, int(s), x[i].copy()) for i, s in zip(rows, shares) if s > 0]
+
+
+def _cluster_seeds(x: np.ndarray, labels: np.ndarray, modality: str, params: RecommendParams) -> list[Seed]:
+    """Medoids of the largest clusters, sharing k by size, plus one serendipity seed."""
+    sizes = np.bincount(labels[labels >= 0])
+    clusters = np.argsort(-sizes, kind="stable")[: params.max_seeds]
+    noise = np.flatnonzero(labels < 0)
+    surprise = 0
+    if len(noise) and params.outlier_share > 0 and params.k >= 2:
+        surprise = min(params.k - 1, max(1, round(params.outlier_share * params.k)))
+    shares = _apportion(sizes[clusters].astype(float), params.k - surprise)
+    seeds = []
+    for label, share in zip(clusters, shares):
+        if share > 0:
+            members = x[labels == label]
+            seeds.append(Seed(modality, "medoid", int(label), int(share), members[_medoid(members)].copy()))
+    if surprise:
+        pick = np.random.default_rng(params.seed).choice(noise)
+        seeds.append(Seed(modality, "serendipity", -1, surprise, x[pick].copy()))
+    return seeds
+
+
+def candidate_budget(
+    seed: Seed, params: RecommendParams, n_history: int, pool_factor: int = 4, max_budget: int = 5000
+) -> int:
+    """How many results to fetch per searched modality for one seed.
+
+    ``pool_factor`` x share leaves MMR something to choose from (and lets seeds make up
+    for one another when one runs dry); ``n_history`` more absorb the near-duplicates of
+    the user's own posts that ``select`` drops (own items themselves are excluded by the
+    search). ``max_budget`` bounds the work of a single request.
+    """
+    return int(min(max_budget, pool_factor * max(seed.share, 1) + max(n_history, 0)))
+
+
+def select(
+    seeds: list[Seed],
+    candidates: list[list[Candidate]],
+    history: np.ndarray,
+    params: RecommendParams,
+) -> dict[str, list[tuple[Candidate, Seed]]]:
+    """Turn the seeds' search results into at most k picks per result modality.
+
+    ``candidates[i]`` are seed i's results; ``history`` is every embedding the user
+    posted (any modality: cross-modal cosines never reach the novelty threshold).
+    Near-copies of the history are dropped (the user has seen them), an item found by
+    several seeds counts once, for the seed that scored it best. Picks are chosen by
+    MMR over the whole list, so interests do not repeat one another, with seeds taking
+    turns in proportion to their shares, so every interest shows up near the top.
+    """
+    if len(seeds) != len(candidates):
+        raise ValueError(
+            f"one candidate list per seed expected, got {len(candidates)} for {len(seeds)} seeds"
+        )
+    pool, owner, emb = _novel_unique(candidates, history, params.novelty_threshold)
+    shares = np.array([s.share for s in seeds], dtype=float)
+    picks: dict[str, list[tuple[Candidate, Seed]]] = {}
+    for modality in MODALITIES:
+        rows = np.flatnonzero([c.modality == modality for c in pool])
+        rel = np.array([pool[i].score for i in rows], dtype=np.float32)
+        order = _interleaved_mmr(emb[rows], rel, owner[rows], shares, params.k, params.diversity)
+        picks[modality] = [(pool[rows[j]], seeds[owner[rows[j]]]) for j in order]
+    return picks
+
+
+def _novel_unique(
+    candidates: list[list[Candidate]], history: np.ndarray, threshold: float
+) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+    """Candidates that are no near-copy of the history, each (modality, id) once.
+
+    Returns the kept candidates, the index of the seed each is credited to (the best
+    score wins, the earlier seed on ties) and their unit embeddings.
+    """
+    flat = [(c, i) for i, found in enumerate(candidates) for c in found]
+    for c, _ in flat:
+        if c.modality not in MODALITIES:
+            raise ValueError(f"candidate {c.id!r} has modality {c.modality!r}, expected one of {MODALITIES}")
+    emb = _unit(np.stack([c.embedding for c, _ in flat])) if flat else np.zeros((0, 0), np.float32)
+    novel = np.ones(len(flat), dtype=bool)
+    history = np.asarray(history, dtype=np.float32)
+    if len(flat) and history.size:
+        novel = (emb @ _unit(history.reshape(-1, emb.shape[1])).T).max(axis=1) < threshold
+    best: dict[tuple[str, str], int] = {}
+    for row in np.flatnonzero(novel):
+        c = flat[row][0]
+        key = (c.modality, c.id)
+        if key not in best or c.score > flat[best[key]][0].score:
+            best[key] = int(row)
+    rows = sorted(best.values())
+    return [flat[r][0] for r in rows], np.array([flat[r][1] for r in rows], dtype=int), emb[rows]
+
+
+def _interleaved_mmr(
+    emb: np.ndarray, rel: np.ndarray, owner: np.ndarray, shares: np.ndarray, k: int, diversity: float
+) -> list[int]:
+    """Greedy MMR in which seeds take turns (Sainte-Lague order on their shares).
+
+    Whose turn it is comes first, then that seed's candidate with the best
+    ``diversity * relevance - (1 - diversity) * max cosine to anything picked so far``.
+    A seed that runs dry drops out of the rotation and the others fill its places.
+    Each seed's picks are finally re-sorted by relevance within the places it won.
+    """
+    counts = np.zeros(len(shares))
+    left = np.bincount(owner, minlength=len(shares))
+    taken = np.zeros(len(rel), dtype=bool)
+    redundancy = np.full(len(rel), -1.0, dtype=np.float32)  # -1: nothing picked, no penalty differences
+    picked: list[int] = []
+    while len(picked) < min(k, len(rel)):
+        turn = int(np.argmax(np.where(left > 0, shares / (2 * counts + 1), -np.inf)))
+        gain = diversity * rel - (1 - diversity) * redundancy
+        j = int(np.argmax(np.where((owner == turn) & ~taken, gain, -np.inf)))
+        picked.append(j)
+        taken[j] = True
+        counts[turn] += 1
+        left[turn] -= 1
+        redundancy = np.maximum(redundancy, emb @ emb[j])
+    order = np.array(picked, dtype=int)
+    for s in np.unique(owner[order]):
+        places = np.flatnonzero(owner[order] == s)
+        order[places] = order[places][np.argsort(-rel[order[places]], kind="stable")]
+    return order.tolist()

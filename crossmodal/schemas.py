@@ -1,0 +1,85 @@
+"""DocArray v2 document types shared by every executor of the Flow.
+
+One content type travels the whole chain so that every executor can expose every
+endpoint without schema conversions (Jina's chain rule); fields unused by an
+endpoint stay ``None`` and cost nothing on the wire.
+"""
+
+from typing import Optional
+
+from docarray import BaseDoc, DocList
+from docarray.typing import NdArray
+
+MODALITIES = ("text", "image")
+
+
+def _inline_item_schema(doc_type: type) -> None:
+    """Give ``DocList[doc_type]`` fields a JSON schema with their item fields.
+
+    pydantic v1 emits ``items: {}`` for DocList fields, and Jina's HTTP gateway,
+    which rebuilds models from the schema, would then drop every field of the
+    nested documents (only ``id`` survives).
+    """
+
+    def modify(cls, field_schema: dict, field=None) -> None:
+        field_schema["items"] = doc_type.schema()
+
+    DocList[doc_type].__modify_schema__ = classmethod(modify)
+
+
+class MatchDoc(BaseDoc):
+    """One search or recommendation result."""
+
+    owner: Optional[str] = None
+    modality: Optional[str] = None
+    score: float = 0.0
+    text: Optional[str] = None
+    uri: Optional[str] = None
+    tags: Optional[dict] = None
+    thumbnail: Optional[str] = None  # data:image/jpeg;base64,... when asked for
+    seed: Optional[str] = None  # recommend: which seed produced this match
+    cluster: Optional[int] = None  # recommend: interest cluster of that seed (-1: not from a cluster)
+
+
+_inline_item_schema(MatchDoc)
+
+
+class MatchGroup(BaseDoc):
+    """Results of one query modality, split by the modality of the results."""
+
+    text_matches: DocList[MatchDoc] = DocList[MatchDoc]()
+    image_matches: DocList[MatchDoc] = DocList[MatchDoc]()
+
+
+class SeedDoc(BaseDoc):
+    """A recommendation seed planned by the recommender, searched by the indexer."""
+
+    modality: str = "text"  # modality of the history posts it was built from
+    kind: str = "medoid"  # medoid | serendipity | history
+    cluster: int = -1
+    share: int = 0  # how many of k this seed contributes
+    embedding: Optional[NdArray] = None
+
+
+_inline_item_schema(SeedDoc)
+
+
+class ContentDoc(BaseDoc):
+    """Content to index, a query, or a request for stats/recommendations."""
+
+    owner: Optional[str] = None
+    modality: Optional[str] = None
+    text: Optional[str] = None
+    uri: Optional[str] = None
+    blob: Optional[bytes] = None
+    tags: Optional[dict] = None
+    embedding: Optional[NdArray] = None
+    thumbnail: Optional[str] = None
+    status: Optional[str] = None  # indexed | updated | deleted | not_found | ok | error
+    error: Optional[str] = None
+    reason: Optional[str] = None
+    text_matches: Optional[DocList[MatchDoc]] = None
+    image_matches: Optional[DocList[MatchDoc]] = None
+    from_text: Optional[MatchGroup] = None
+    from_image: Optional[MatchGroup] = None
+    seeds: Optional[DocList[SeedDoc]] = None

@@ -1,0 +1,70 @@
+"""Start the crossmodal Flow from its YAML with one typed configuration.
+
+The Flow YAML reads its values from ``CROSSMODAL_*`` environment variables, so the
+same file serves ``app.py``, the tests and the benchmarks; this module is the only
+place that sets them.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from crossmodal.clip_model import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOW_YAML = ROOT / "flows" / "crossmodal.yml"
+JINA_QUIET = {"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1", "JINA_LOG_LEVEL": "INFO"}
+
+
+@dataclass
+class ServiceConfig:
+    """Everything a running service needs; CLI flags map one to one onto it."""
+
+    workspace: Path = ROOT / "workspace"
+    model: Optional[str] = None
+    pretrained: Optional[str] = None
+    grpc_port: int = 45679
+    http_port: int = 45678
+    host: str = "127.0.0.1"
+    device: str = "auto"
+    index_factory: str = "Flat"
+    data_roots: Sequence[str] = field(default_factory=tuple)
+
+
+def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
+    return {
+        **JINA_QUIET,
+        "CROSSMODAL_ROOT": str(ROOT),
+        "CROSSMODAL_GRPC_PORT": str(cfg.grpc_port),
+        "CROSSMODAL_HTTP_PORT": str(cfg.http_port),
+        "CROSSMODAL_HOST": cfg.host,
+        "CROSSMODAL_WORKSPACE": str(Path(cfg.workspace).resolve()),
+        "CROSSMODAL_MODEL": spec.name,
+        "CROSSMODAL_PRETRAINED": spec.pretrained,
+        "CROSSMODAL_DEVICE": cfg.device,
+        "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
+        "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
+    }
+
+
+def build_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None):
+    """The Flow object, not started. Resolves the model once for every executor."""
+    from crossmodal.clip_model import resolve
+
+    spec = spec or resolve(cfg.model, cfg.pretrained)
+    os.environ.update(flow_env(cfg, spec))
+    from jina import Flow
+
+    return Flow.load_config(str(FLOW_YAML))
+
+
+@contextlib.contextmanager
+def running_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None) -> Iterator["Client"]:
+    """Start the Flow and yield a connected gRPC client; the Flow stops on exit."""
+    from jina import Client
+
+    with build_flow(cfg, spec):
+        yield Client(host=cfg.host, port=cfg.grpc_port)

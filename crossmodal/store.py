@@ -1,0 +1,310 @@
+"""SQLite store: the source of truth for content, owners and embeddings.
+
+FAISS indexes are derived from this table and can always be rebuilt from it, so an
+acknowledged write is durable as soon as its transaction commits (WAL,
+``synchronous=FULL``). Every upsert gives the row a fresh, never reused ``vid``
+(the FAISS id): index types that cannot remove vectors (HNSW) simply stop seeing
+the old vid.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+DB_NAME = "store.sqlite"
+LOCK_NAME = "store.lock"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    vid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    text TEXT,
+    uri TEXT,
+    tags TEXT,
+    thumbnail BLOB,
+    embedding BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_owner ON items(owner, modality);
+CREATE INDEX IF NOT EXISTS items_modality ON items(modality, vid);
+"""
+_ROW_COLUMNS = "vid, id, owner, modality, text, uri, tags, created_at"
+
+
+class WorkspaceError(RuntimeError):
+    """The workspace cannot be used as asked (locked, other model, corrupt)."""
+
+
+@dataclass
+class Item:
+    """One content item as stored."""
+
+    id: str
+    owner: str
+    modality: str
+    embedding: np.ndarray
+    text: Optional[str] = None
+    uri: Optional[str] = None
+    tags: dict = field(default_factory=dict)
+    thumbnail: Optional[bytes] = None
+
+
+@dataclass
+class Row:
+    """Item metadata without the embedding: what search results carry."""
+
+    vid: int
+    id: str
+    owner: str
+    modality: str
+    text: Optional[str]
+    uri: Optional[str]
+    tags: dict
+    created_at: float
+
+
+@dataclass
+class History:
+    """One owner's posts of one modality, oldest first."""
+
+    ids: list[str]
+    embeddings: np.ndarray
+    created_at: np.ndarray
+
+
+class WorkspaceLock:
+    """An exclusive ``flock`` so two servers never write one workspace.
+
+    The kernel drops the lock when the holder dies (even on ``kill -9``), so a
+    crashed server never leaves a stale lock behind.
+    """
+
+    def __init__(self, workspace: Path):
+        self.path = Path(workspace) / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorkspaceError(
+                f"workspace {self.path.parent} is in use by another crossmodal server "
+                f"(pid {holder}); stop it or pass a different --workspace"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _row(record: tuple) -> Row:
+    vid, id_, owner, modality, text, uri, tags, created_at = record
+    return Row(vid, id_, owner, modality, text, uri, json.loads(tags) if tags else {}, created_at)
+
+
+class Store:
+    """Content items with owners and embeddings in one SQLite file."""
+
+    def __init__(self, workspace: Path, read_only: bool = False):
+        self.path = Path(workspace) / DB_NAME
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        if read_only:
+            if not self.path.exists():
+                raise WorkspaceError(f"no store at {self.path}: index something first")
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- metadata ---------------------------------------------------------------
+    def meta(self, key: str) -> Optional[str]:
+        found = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return found[0] if found else None
+
+    def bind_model(self, model: str, dim: int) -> None:
+        """Record the model on first use; refuse to mix embeddings of another model later."""
+        stored_model, stored_dim = self.meta("model"), self.meta("dim")
+        if stored_model is None:
+            with self._write():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", [("model", model), ("dim", str(dim))]
+                )
+            return
+        if stored_model != model or int(stored_dim) != dim:
+            raise WorkspaceError(
+                f"workspace {self.path.parent} holds embeddings of model {stored_model!r} "
+                f"(dim {stored_dim}), but the server runs {model!r} (dim {dim}); use the same "
+                "--model/--pretrained or another --workspace"
+            )
+
+    @property
+    def generation(self) -> int:
+        """A counter bumped by every write: tells whether a saved FAISS index is stale."""
+        return int(self.meta("generation") or 0)
+
+    # -- writes -----------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One immediate transaction that also bumps the generation counter."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def upsert(self, items: Sequence[Item]) -> list[tuple[int, Optional[Row]]]:
+        """Insert or replace items in one transaction; returns (new vid, replaced row) each."""
+        now = time.time()
+        out = []
+        with self._write():
+            for item in items:
+                old = self._db.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM items WHERE id=?", (item.id,)
+                ).fetchone()
+                old_row = _row(old) if old else None
+                if old_row:
+                    self._db.execute("DELETE FROM items WHERE vid=?", (old_row.vid,))
+                cursor = self._db.execute(
+                    "INSERT INTO items (id, owner, modality, text, uri, tags, thumbnail, embedding,"
+                    " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        item.id, item.owner, item.modality, item.text, item.uri,
+                        json.dumps(item.tags or {}), item.thumbnail, _blob(item.embedding),
+                        old_row.created_at if old_row else now, now,
+                    ),
+                )
+                out.append((cursor.lastrowid, old_row))
+        return out
+
+    def delete(self, ids: Sequence[str]) -> list[Optional[Row]]:
+        """Delete items by caller id; returns the deleted row (None when unknown) each."""
+        out = []
+        with self._write():
+            for id_ in ids:
+                old = self._db.execute(f"SELECT {_ROW_COLUMNS} FROM items WHERE id=?", (id_,)).fetchone()
+                if old:
+                    self._db.execute("DELETE FROM items WHERE id=?", (id_,))
+                out.append(_row(old) if old else None)
+        return out
+
+    # -- reads ------------------------------------------------------------------
+    def rows(self, vids: Sequence[int]) -> dict[int, Row]:
+        """Metadata of the given vids (missing ones are absent from the result)."""
+        if not len(vids):
+            return {}
+        marks = ",".join("?" * len(vids))
+        with self._lock:
+            records = self._db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM items WHERE vid IN ({marks})", [int(v) for v in vids]
+            ).fetchall()
+        return {record[0]: _row(record) for record in records}
+
+    def thumbnails(self, vids: Sequence[int]) -> dict[int, bytes]:
+        if not len(vids):
+            return {}
+        marks = ",".join("?" * len(vids))
+        with self._lock:
+            records = self._db.execute(
+                f"SELECT vid, thumbnail FROM items WHERE vid IN ({marks}) AND thumbnail IS NOT NULL",
+                [int(v) for v in vids],
+            ).fetchall()
+        return dict(records)
+
+    def embeddings_of(self, vids: Sequence[int]) -> dict[int, np.ndarray]:
+        if not len(vids):
+            return {}
+        marks = ",".join("?" * len(vids))
+        with self._lock:
+            records = self._db.execute(
+                f"SELECT vid, embedding FROM items WHERE vid IN ({marks})", [int(v) for v in vids]
+            ).fetchall()
+        return {vid: np.frombuffer(blob, dtype=np.float32) for vid, blob in records}
+
+    def owner_vids(self, owner: str, modality: str) -> np.ndarray:
+        with self._lock:
+            records = self._db.execute(
+                "SELECT vid FROM items WHERE owner=? AND modality=?", (owner, modality)
+            ).fetchall()
+        return np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
+
+    def iter_embeddings(self, modality: str, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(vids, embeddings) in chunks, so rebuilding a large index never holds two copies."""
+        last = -1
+        while True:
+            with self._lock:
+                records = self._db.execute(
+                    "SELECT vid, embedding FROM items WHERE modality=? AND vid>? ORDER BY vid LIMIT ?",
+                    (modality, last, chunk),
+                ).fetchall()
+            if not records:
+                return
+            vids = np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
+            yield vids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in records])
+            last = int(vids[-1])
+
+    def history(self, owner: str, modality: str) -> History:
+        with self._lock:
+            records = self._db.execute(
+                "SELECT id, embedding, created_at FROM items WHERE owner=? AND modality=?"
+                " ORDER BY created_at, vid",
+                (owner, modality),
+            ).fetchall()
+        if not records:
+            return History([], np.zeros((0, 0), np.float32), np.zeros(0))
+        return History(
+            [r[0] for r in records],
+            np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in records]),
+            np.array([r[2] for r in records], dtype=np.float64),
+        )
+
+    def count(self, modality: Optional[str] = None) -> int:
+        with self._lock:
+            if modality is None:
+                return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM items WHERE modality=?", (modality,)).fetchone()[0]
+
+    def owner_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(DISTINCT owner) FROM items").fetchone()[0]

@@ -1,0 +1,70 @@
+"""Jina adapter: CLIP image embeddings (and thumbnails) for image content and queries."""
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Sequence
+
+import torch
+from docarray import DocList
+from jina import Executor, requests
+
+from crossmodal import clip_model
+from crossmodal.encode import encode_pixels
+from crossmodal.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
+from crossmodal.params import mark_error
+from crossmodal.schemas import ContentDoc
+
+
+class ClipImageEncoder(Executor):
+    """Holds only the vision tower; decoding runs in threads beside the model."""
+
+    def __init__(self, model: Optional[str] = None, pretrained: Optional[str] = None,
+                 device: str = "auto", batch_size: int = 32, max_bytes: int = 20 * 2**20,
+                 max_pixels: int = 40_000_000, data_roots: Sequence[str] = (),
+                 thumbnail_size: int = 256, decode_threads: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.tower = clip_model.load_image_tower(clip_model.resolve(model or None, pretrained or None), device)
+        self.batch_size = batch_size
+        roots = [data_roots] if isinstance(data_roots, str) else list(data_roots or ())
+        self.limits = ImageLimits(max_bytes, max_pixels, tuple(r for r in roots if r))
+        self.thumbnail_size = thumbnail_size
+        self.pool = ThreadPoolExecutor(decode_threads)
+
+    def _prepare(self, doc: ContentDoc, with_thumbnail: bool):
+        """Decode and preprocess one document; errors stay on the document."""
+        try:
+            image = decode(image_bytes(doc.blob, doc.uri, self.limits), self.limits,
+                           field="blob" if doc.blob else "uri")
+        except ImageInputError as err:
+            mark_error(doc, str(err))
+            return None
+        if with_thumbnail:
+            doc.thumbnail = thumbnail_data_uri(image, self.thumbnail_size)
+        return self.tower.transform(image)
+
+    def _encode(self, docs: list[ContentDoc], with_thumbnail: bool) -> None:
+        for start in range(0, len(docs), self.batch_size):
+            batch = docs[start:start + self.batch_size]
+            pixels = list(self.pool.map(lambda d: self._prepare(d, with_thumbnail), batch))
+            ready = [(doc, px) for doc, px in zip(batch, pixels) if px is not None]
+            if ready:
+                vectors = encode_pixels(self.tower, torch.stack([px for _, px in ready]))
+                for (doc, _), vector in zip(ready, vectors):
+                    doc.embedding = vector
+            for doc in batch:  # the bytes are not needed downstream: keep the wire light
+                doc.blob = None
+                if doc.uri and doc.uri.startswith("data:"):
+                    doc.uri = None
+
+    @requests(on="/index")
+    def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        self._encode([d for d in docs if d.error is None and d.modality == "image"], with_thumbnail=True)
+        return docs
+
+    @requests(on="/search")
+    def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        self._encode([d for d in docs if d.error is None and (d.blob or d.uri)], with_thumbnail=False)
+        return docs
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        super().close()

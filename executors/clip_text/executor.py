@@ -1,0 +1,45 @@
+"""Jina adapter: CLIP text embeddings for text content and text queries."""
+
+from typing import Optional
+
+from docarray import DocList
+from jina import Executor, requests
+
+from crossmodal import clip_model
+from crossmodal.encode import encode_texts
+from crossmodal.params import ContentLimits, content_error, mark_error, query_error
+from crossmodal.schemas import ContentDoc
+
+
+class ClipTextEncoder(Executor):
+    """Holds only the text tower; validates content first since it is the Flow's first hop."""
+
+    def __init__(self, model: Optional[str] = None, pretrained: Optional[str] = None,
+                 device: str = "auto", batch_size: int = 64, max_text_chars: int = 10_000, **kwargs):
+        super().__init__(**kwargs)
+        self.tower = clip_model.load_text_tower(clip_model.resolve(model or None, pretrained or None), device)
+        self.batch_size = batch_size
+        self.limits = ContentLimits(max_text_chars=max_text_chars)
+
+    def _encode(self, docs: list[ContentDoc]) -> None:
+        if docs:
+            for doc, vector in zip(docs, encode_texts(self.tower, [d.text for d in docs], self.batch_size)):
+                doc.embedding = vector
+
+    @requests(on="/index")
+    def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        for doc in docs:
+            error = content_error(doc, self.limits)
+            if error:
+                mark_error(doc, error)
+        self._encode([d for d in docs if d.error is None and d.modality == "text"])
+        return docs
+
+    @requests(on="/search")
+    def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        for doc in docs:
+            error = query_error(doc, self.limits)
+            if error:
+                mark_error(doc, error)
+        self._encode([d for d in docs if d.error is None and not (d.blob or d.uri)])
+        return docs
