@@ -16,7 +16,8 @@ from crossmodal.clip_model import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW_YAML = ROOT / "flows" / "crossmodal.yml"
-JINA_QUIET = {"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1", "JINA_LOG_LEVEL": "INFO"}
+JINA_QUIET = {"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
+              "JINA_LOG_LEVEL": os.environ.get("JINA_LOG_LEVEL", "ERROR")}
 
 
 @dataclass
@@ -50,11 +51,33 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
     }
 
 
+def preflight(cfg: ServiceConfig, spec: ModelSpec) -> None:
+    """Fail in this process, with a clear message, before any executor starts.
+
+    The indexer enforces the same checks itself; doing them here first turns a
+    Jina start-up failure deep in a child process into a one-line error.
+    """
+    from crossmodal.clip_model import embed_dim
+    from crossmodal.store import Store, WorkspaceLock
+
+    lock = WorkspaceLock(Path(cfg.workspace))
+    lock.acquire()
+    try:
+        store = Store(Path(cfg.workspace))
+        try:
+            store.bind_model(spec.label, embed_dim(spec))
+        finally:
+            store.close()
+    finally:
+        lock.release()
+
+
 def build_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None):
     """The Flow object, not started. Resolves the model once for every executor."""
     from crossmodal.clip_model import resolve
 
     spec = spec or resolve(cfg.model, cfg.pretrained)
+    preflight(cfg, spec)
     os.environ.update(flow_env(cfg, spec))
     from jina import Flow
 

@@ -65,6 +65,11 @@ class ClipImageEncoder(Executor):
         self._encode([d for d in docs if d.error is None and (d.blob or d.uri)], with_thumbnail=False)
         return docs
 
+    @requests(on="/recommend")
+    def recommend(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        """Pass-through: Jina requires every hop after the recommender to bind /recommend."""
+        return None
+
     def close(self) -> None:
         self.pool.shutdown()
         super().close()

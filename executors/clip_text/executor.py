@@ -43,3 +43,8 @@ class ClipTextEncoder(Executor):
                 mark_error(doc, error)
         self._encode([d for d in docs if d.error is None and not (d.blob or d.uri)])
         return docs
+
+    @requests(on="/recommend")
+    def recommend(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        """Pass-through: Jina requires every hop after the recommender to bind /recommend."""
+        return None

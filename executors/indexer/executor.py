@@ -11,8 +11,10 @@ from jina import Executor, requests
 
 from crossmodal import clip_model
 from crossmodal.content_index import ContentIndex, IndexConfig, Match
-from crossmodal.params import ContentLimits, content_error, mark_error, parse_search_params
-from crossmodal.schemas import ContentDoc, MatchDoc
+from crossmodal.recommend import Seed, parse_recommend_params
+from crossmodal.recommend_io import recommend
+from crossmodal.params import ContentLimits, as_bool, content_error, mark_error, parse_search_params
+from crossmodal.schemas import ContentDoc, MatchDoc, MatchGroup
 from crossmodal.store import Item
 
 log = logging.getLogger(__name__)
@@ -22,13 +24,15 @@ def _thumbnail_bytes(uri: Optional[str]) -> Optional[bytes]:
     return base64.b64decode(uri.partition(",")[2]) if uri else None
 
 
-def _match_doc(match: Match, thumbnails: dict) -> MatchDoc:
+def _match_doc(match: Match, thumbnails: dict, seed: Optional[Seed] = None) -> MatchDoc:
     row = match.row
     thumb = thumbnails.get(row.vid)
     return MatchDoc(
         id=row.id, owner=row.owner, modality=row.modality, score=match.score, text=row.text,
         uri=row.uri, tags=row.tags,
         thumbnail="data:image/jpeg;base64," + base64.b64encode(thumb).decode() if thumb else None,
+        seed=f"{seed.modality}:{seed.kind}:{seed.cluster}" if seed else None,
+        cluster=seed.cluster if seed else None,
     )
 
 
@@ -82,6 +86,29 @@ class CrossmodalIndexer(Executor):
                 doc.status = "ok"
             doc.embedding = doc.blob = None
         return docs
+
+    @requests(on="/recommend")
+    def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
+        params = parse_recommend_params(parameters)
+        with_thumbnails = as_bool(parameters, "with_thumbnails", False)
+        for doc in docs:
+            seeds = [Seed(s.modality, s.kind, s.cluster, s.share, np.asarray(s.embedding, np.float32))
+                     for s in doc.seeds or []]
+            picks = recommend(self.index, seeds, params) if seeds else {}
+            doc.from_text = self._group(picks.get("text", {}), with_thumbnails)
+            doc.from_image = self._group(picks.get("image", {}), with_thumbnails)
+            doc.seeds, doc.status = None, "ok"
+        return docs
+
+    def _group(self, picks: dict, with_thumbnails: bool) -> MatchGroup:
+        group = MatchGroup()
+        for modality, chosen in picks.items():
+            thumbs = {}
+            if with_thumbnails and modality == "image":
+                thumbs = self.index.store.thumbnails([c.payload.row.vid for c, _ in chosen])
+            setattr(group, f"{modality}_matches",
+                    DocList[MatchDoc]([_match_doc(c.payload, thumbs, seed) for c, seed in chosen]))
+        return group
 
     @requests(on="/delete")
     def delete(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:

@@ -1,0 +1,146 @@
+"""crossmodal command line: index content, serve the Flow, fine-tune CLIP, evaluate retrieval.
+
+    python app.py -t index --data data/demo          # index a folder / caption CSV / text file
+    python app.py -t query                           # serve gRPC + HTTP until Ctrl-C
+    python app.py -t finetune --data DIR --out DIR   # contrastive fine-tuning (open_clip loss)
+    python app.py -t eval --data DIR                 # Precision/Recall/nDCG@K through the Flow
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
+os.environ.setdefault("JINA_HIDE_SURVEY", "1")
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # raised inside jina's deps
+
+from crossmodal.service import ROOT, ServiceConfig  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-t", "--task", required=True, choices=["index", "query", "finetune", "eval"])
+    p.add_argument("--data", type=Path, help="folder, caption table (image,caption[,owner]) or text file")
+    p.add_argument("--workspace", type=Path, default=ROOT / "workspace")
+    p.add_argument("--model", help="open_clip model name or config .json (default ViT-B-32, else the demo model)")
+    p.add_argument("--pretrained", help="pretrained tag, checkpoint path, or 'none' for random weights")
+    p.add_argument("--grpc-port", type=int, default=45679)
+    p.add_argument("--http-port", type=int, default=45678)
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 to expose)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--index-factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF1024,Flat ...")
+    p.add_argument("--data-root", action="append", default=[], dest="data_roots",
+                   help="folder whose images requests may name by local path (repeatable)")
+    p.add_argument("--owner", default="demo", help="owner of items whose source names none")
+    p.add_argument("--batch-size", type=int, default=32, help="documents per request (index) or batch (finetune)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="finetune: output folder; eval: JSON report path")
+    return p.parse_args(argv)
+
+
+def service_config(args: argparse.Namespace) -> ServiceConfig:
+    return ServiceConfig(
+        workspace=args.workspace, model=args.model, pretrained=args.pretrained,
+        grpc_port=args.grpc_port, http_port=args.http_port, host=args.host, device=args.device,
+        index_factory=args.index_factory, data_roots=tuple(args.data_roots),
+    )
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from docarray import DocList
+    from tqdm import tqdm
+
+    from crossmodal.loaders import discover
+    from crossmodal.schemas import ContentDoc
+    from crossmodal.service import running_flow
+
+    if args.data is None:
+        sys.exit("-t index needs --data PATH")
+    sources = discover(args.data, args.owner)
+    counts, failures = Counter(), []
+    with running_flow(service_config(args)) as client, tqdm(total=len(sources), unit="doc", desc="indexing") as bar:
+        start = time.time()
+        def done(response) -> None:
+            for doc in response.docs:
+                counts[doc.status or "error"] += 1
+                if doc.status == "error":
+                    failures.append((doc.id, doc.error))
+            bar.update(len(response.docs))
+
+        docs = (source.to_doc() for source in sources)
+        client.post("/index", inputs=docs, request_size=args.batch_size, on_done=done,
+                    return_type=DocList[ContentDoc], prefetch=4)
+        seconds = time.time() - start
+    for doc_id, error in failures[:20]:
+        print(f"  failed {doc_id}: {error}", file=sys.stderr)
+    print(f"indexed {counts['indexed']}, updated {counts['updated']}, failed {counts['error']} "
+          f"in {seconds:.1f}s ({len(sources) / max(seconds, 1e-9):.1f} docs/s) into {args.workspace}")
+    return 1 if counts["error"] and not (counts["indexed"] or counts["updated"]) else 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from crossmodal.service import build_flow
+
+    cfg = service_config(args)
+    with build_flow(cfg) as flow:
+        base = f"http://{cfg.host}:{cfg.http_port}"
+        print(f"\ncrossmodal is serving (Ctrl-C to stop)\n"
+              f"  gRPC : {cfg.host}:{cfg.grpc_port}   (jina Client(host='{cfg.host}', port={cfg.grpc_port}))\n"
+              f"  HTTP : {base}   (OpenAPI docs: {base}/docs)\n"
+              f"  Web  : {base}/ui/\n"
+              f"  try  : curl -s -X POST {base}/search -H 'Content-Type: application/json' "
+              f"-d '{{\"data\": [{{\"id\": \"q1\", \"text\": \"two red circles\"}}], "
+              f"\"parameters\": {{\"k\": 3, \"username\": \"alice\"}}}}'\n", flush=True)
+        flow.block()
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from crossmodal.finetune import finetune
+
+    if args.data is None or args.out is None:
+        sys.exit("-t finetune needs --data DIR (captions.csv + images/) and --out DIR")
+    checkpoint = finetune(
+        captions_csv=args.data / "captions.csv", images_dir=args.data / "images",
+        model=args.model or "demo-clip", pretrained=args.pretrained, out=args.out,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    )
+    print(f"checkpoint written to {checkpoint}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from crossmodal.evaluate import evaluate
+
+    if args.data is None:
+        sys.exit("-t eval needs --data DIR (captions.csv + images/)")
+    evaluate(args.data / "captions.csv", args.data / "images", args.model, args.pretrained, out_json=args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from crossmodal.clip_model import ModelUnavailable
+    from crossmodal.store import WorkspaceError
+
+    task = {"index": run_index, "query": run_query, "finetune": run_finetune, "eval": run_eval}[args.task]
+    try:
+        return task(args)
+    except (ModelUnavailable, WorkspaceError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Find indexable content in a folder or file: photos, caption CSVs, text files.
+
+Every item gets a stable id derived from its path (and row), so indexing the
+same data again updates instead of duplicating. Image bytes are read lazily, at
+send time, so a large photo folder never sits in memory.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+from crossmodal.images import IMAGE_SUFFIXES, list_images
+from crossmodal.schemas import ContentDoc
+
+CAPTION_HEADER = ("image", "caption")
+TEXT_HEADER = ("text",)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One item to index; ``path`` is read when the document is built."""
+
+    id: str
+    owner: str
+    modality: str
+    text: Optional[str] = None
+    path: Optional[Path] = None
+    tags: Optional[dict] = None
+
+    def to_doc(self) -> ContentDoc:
+        blob = self.path.read_bytes() if self.path else None
+        return ContentDoc(id=self.id, owner=self.owner, modality=self.modality, text=self.text,
+                          blob=blob, tags=self.tags)
+
+
+def _header(path: Path) -> tuple[str, ...]:
+    with path.open(newline="", encoding="utf-8") as f:
+        first = f.readline()
+    return tuple(h.strip().lower() for h in next(csv.reader([first]), []))
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.DictReader(f), start=2):
+            yield number, {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+
+
+def _image_dir(table: Path, image: str) -> Path:
+    """Where a caption table's images live: beside it, or in images/ or Images/ (Flickr8k)."""
+    for folder in (table.parent, table.parent / "images", table.parent / "Images"):
+        if (folder / image).is_file():
+            return folder
+    return table.parent
+
+
+def captions(table: Path, default_owner: str) -> Iterator[Source]:
+    """Images and their captions from an ``image,caption[,owner]`` table (Flickr8k style)."""
+    seen: dict[str, int] = {}
+    root = table.parent
+    for number, row in _rows(table):
+        image, caption = row.get("image"), row.get("caption")
+        if not image or not caption:
+            raise ValueError(f"{table}:{number}: 'image' and 'caption' are required, got {row!r}")
+        owner = row.get("owner") or default_owner
+        path = _image_dir(table, image) / image
+        image_id = path.relative_to(root).as_posix() if path.is_relative_to(root) else image
+        if image_id not in seen:
+            seen[image_id] = 0
+            yield Source(image_id, owner, "image", path=path, tags={"caption": caption})
+        seen[image_id] += 1
+        yield Source(f"{image_id}#caption{seen[image_id]}", owner, "text", text=caption,
+                     tags={"image": image_id})
+
+
+def texts(path: Path, default_owner: str) -> Iterator[Source]:
+    """Texts from a ``text[,owner]`` CSV, or one text per line of a plain file."""
+    if path.suffix.lower() == ".csv" and _header(path)[:1] == TEXT_HEADER:
+        for number, row in _rows(path):
+            if row.get("text"):
+                yield Source(f"{path.name}:{number}", row.get("owner") or default_owner, "text", text=row["text"])
+        return
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                yield Source(f"{path.name}:{number}", default_owner, "text", text=line.strip())
+
+
+def _is_caption_table(path: Path) -> bool:
+    return path.suffix.lower() in (".csv", ".txt") and _header(path)[:2] == CAPTION_HEADER
+
+
+def discover(data: Path, default_owner: str = "demo") -> list[Source]:
+    """Everything indexable under ``data`` (a folder, a caption table or a text file)."""
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"--data: {data} does not exist")
+    if data.is_file():
+        if data.suffix.lower() in IMAGE_SUFFIXES:
+            return [Source(data.name, default_owner, "image", path=data)]
+        return list(captions(data, default_owner) if _is_caption_table(data) else texts(data, default_owner))
+    tables = [p for p in sorted(data.iterdir()) if p.is_file() and p.suffix.lower() in (".csv", ".txt")]
+    found = {}
+    for table in tables:
+        for source in (captions(table, default_owner) if _is_caption_table(table) else texts(table, default_owner)):
+            found[source.id] = source
+    for path in list_images(data):  # photos no caption table mentions
+        image_id = path.relative_to(data).as_posix()
+        found.setdefault(image_id, Source(image_id, default_owner, "image", path=path))
+    return list(found.values())
