@@ -1,0 +1,52 @@
+"""The encoders: truncated text context equals open_clip, towers are separate."""
+import numpy as np
+import pytest
+import torch
+
+from crossmodal import clip_model
+from crossmodal.encode import encode_images, encode_texts
+from tests.conftest import TINY_MODEL
+
+TEXTS = ["a red circle", "two small blue squares on a white background", "x", "the " * 90]
+
+
+@pytest.fixture(scope="module")
+def text_tower():
+    return clip_model.load_text_tower(clip_model.resolve(TINY_MODEL, "none"))
+
+
+def _open_clip_reference(tower, texts):
+    with torch.inference_mode():
+        full = tower.module.encode_text(tower.transform(texts))
+    return torch.nn.functional.normalize(full, dim=-1).numpy()
+
+
+def test_truncated_context_matches_open_clip(text_tower):
+    ours = encode_texts(text_tower, TEXTS, batch_size=2)
+    cosine = (ours * _open_clip_reference(text_tower, TEXTS)).sum(axis=1)
+    assert (cosine >= 0.9999).all(), cosine
+
+
+def test_truncated_context_matches_open_clip_vit_b32():
+    tower = clip_model.load_text_tower(clip_model.resolve("ViT-B-32", "none"))
+    ours = encode_texts(tower, TEXTS[:3])
+    assert ((ours * _open_clip_reference(tower, TEXTS[:3])).sum(axis=1) >= 0.9999).all()
+
+
+def test_embeddings_are_unit_float32_and_towers_are_split(text_tower):
+    vectors = encode_texts(text_tower, TEXTS)
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert not hasattr(text_tower.module, "visual")
+    image_tower = clip_model.load_image_tower(clip_model.resolve(TINY_MODEL, "none"))
+    assert not hasattr(image_tower.module, "token_embedding"), "the image tower must not keep the text tower"
+    from PIL import Image
+
+    images = [Image.new("RGB", (50, 30), c) for c in ("red", "blue")]
+    vectors = encode_images(image_tower, images)
+    assert vectors.shape == (2, image_tower.dim) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_same_seed_same_random_weights():
+    a = clip_model.load_text_tower(clip_model.resolve(TINY_MODEL, "none"))
+    b = clip_model.load_text_tower(clip_model.resolve(TINY_MODEL, "none"))
+    np.testing.assert_allclose(encode_texts(a, ["seeded"]), encode_texts(b, ["seeded"]))

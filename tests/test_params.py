@@ -1,0 +1,42 @@
+import pytest
+
+from crossmodal.params import ContentLimits, content_error, parse_search_params, query_error
+from crossmodal.schemas import ContentDoc
+
+
+def test_defaults_and_float_integers():
+    params = parse_search_params({"__results__": {}})
+    assert (params.k, params.username, params.modalities) == (10, None, ("text", "image"))
+    assert parse_search_params({"k": 5.0, "modalities": "image"}).k == 5
+    assert parse_search_params({"modalities": ["image"]}).modalities == ("image",)
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"k": 0}, "'k'"), ({"k": -1}, "'k'"), ({"k": "ten"}, "'k'"), ({"k": 2.5}, "'k'"),
+    ({"k": 1001}, "'k'"), ({"k": True}, "'k'"), ({"modalities": ["audio"]}, "'modalities'"),
+    ({"username": 3}, "'username'"), ({"with_thumbnails": "yes"}, "'with_thumbnails'"),
+])
+def test_bad_parameters_name_the_parameter(params, name):
+    with pytest.raises(ValueError, match=name):
+        parse_search_params(params)
+
+
+@pytest.mark.parametrize("doc, field", [
+    (ContentDoc(id="", owner="a", modality="text", text="x"), "id"),
+    (ContentDoc(id="1", owner=None, modality="text", text="x"), "owner"),
+    (ContentDoc(id="1", owner="a", modality="video", text="x"), "modality"),
+    (ContentDoc(id="1", owner="a", modality="text", text="  "), "text"),
+    (ContentDoc(id="1", owner="a", modality="text", text="x" * 20), "text"),
+    (ContentDoc(id="1", owner="a", modality="image"), "blob/uri"),
+])
+def test_content_errors_name_the_field(doc, field):
+    error = content_error(doc, ContentLimits(max_text_chars=10))
+    assert error and error.startswith(field + ":")
+
+
+def test_valid_content_and_queries_pass():
+    limits = ContentLimits()
+    assert content_error(ContentDoc(id="1", owner="a", modality="text", text="hi", tags={"a": 1}), limits) is None
+    assert content_error(ContentDoc(id="1", owner="a", modality="image", blob=b"x"), limits) is None
+    assert query_error(ContentDoc(text="red"), limits) is None
+    assert query_error(ContentDoc(), limits).startswith("text/uri/blob")
