@@ -58,27 +58,27 @@ class RecommendParams:
 
     def __post_init__(self) -> None:
         if not isinstance(self.username, str) or not self.username.strip():
-            raise ValueError(f"username must be a non-empty string, got {self.username!r}")
+            raise ValueError(f"parameter 'username' must be a non-empty string, got {self.username!r}")
         for f in fields(self):
             if f.name in _RANGES:
                 value = _as_number(f.name, getattr(self, f.name), integer=f.type in ("int", int))
                 interval, accepts = _RANGES[f.name]
                 if not accepts(value):
-                    raise ValueError(f"{f.name} must be in {interval}, got {value!r}")
+                    raise ValueError(f"parameter '{f.name}' must be in {interval}, got {value!r}")
                 object.__setattr__(self, f.name, value)  # 5.0 -> 5: JSON numbers arrive as floats
 
 
 def _as_number(name: str, value: Any, integer: bool) -> float:
     """Accept real numbers (integral ones where an int is due), never bools or strings."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"parameter '{name}' must be a number, got {value!r}")
     try:
         number = float(value)
     except OverflowError:  # an int beyond float range is outside every accepted interval
-        raise ValueError(f"{name} is out of range, got {value!r}") from None
+        raise ValueError(f"parameter '{name}' is out of range, got {value!r}") from None
     if not math.isfinite(number) or (integer and not number.is_integer()):
         expected = "an integer" if integer else "a finite number"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise ValueError(f"parameter '{name}' must be {expected}, got {value!r}")
     return int(value) if integer else number
 
 

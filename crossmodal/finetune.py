@@ -1,0 +1,157 @@
+"""Contrastive training / fine-tuning of an open_clip model on (image, caption) pairs.
+
+Uses open_clip's own model factory, tokenizer and ``ClipLoss`` so the result is an
+ordinary open_clip checkpoint: ``<out>/<name>.json`` is the model config and
+``<out>/<name>.pt`` a float16 state dict that ``open_clip.create_model(name,
+pretrained=path)`` loads once the config folder is registered. Training uses the
+model's *evaluation* transform: random crops would cut shapes out of the
+generated images and make their captions ("three ...") wrong.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+import open_clip
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+RANDOM_INIT = ("none", "random")
+MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp
+
+
+def read_captions(captions_csv: Path, images_dir: Path) -> list[tuple[Path, str]]:
+    """(image path, caption) rows from a ``image,caption[,...]`` CSV (datagen or Flickr8k layout)."""
+    with open(captions_csv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"image", "caption"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{captions_csv}: missing column(s) {sorted(missing)}; header is {reader.fieldnames}")
+        rows = [(Path(images_dir) / r["image"], r["caption"].strip()) for r in reader]
+    if not rows:
+        raise ValueError(f"{captions_csv}: no caption rows")
+    absent = [str(p) for p, _ in rows if not p.is_file()]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} image(s) listed in {captions_csv} not found, e.g. {absent[0]}")
+    return rows
+
+
+class CaptionPairs(Dataset):
+    """Images decoded lazily (scales to Flickr-sized sets); captions tokenized once up front."""
+
+    def __init__(self, rows: list[tuple[Path, str]], preprocess: Callable, tokenizer: Callable):
+        self.paths = [p for p, _ in rows]
+        self.tokens = tokenizer([c for _, c in rows])
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with Image.open(self.paths[i]) as image:
+            return self.preprocess(image.convert("RGB")), self.tokens[i]
+
+
+def config_name(model: str) -> str:
+    """Accept an open_clip model name or a path to an open_clip config ``.json``."""
+    open_clip.add_model_config(MODELS_DIR)
+    if model.endswith(".json"):
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"model: config file {model!r} does not exist")
+        open_clip.add_model_config(Path(model))
+        model = Path(model).stem
+    if open_clip.get_model_config(model) is None:
+        raise ValueError(f"model: unknown open_clip model {model!r} (not in open_clip nor {MODELS_DIR})")
+    return model
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """open_clip's convention: no weight decay on gains, biases, embeddings' scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_checkpoint(model: torch.nn.Module, config: str, name: str, out: Path) -> Path:
+    """Write ``<name>.json`` (the open_clip config of ``config``) and ``<name>.pt`` (float16 state dict)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(open_clip.get_model_config(config), indent=4) + "\n")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path = out / f"{name}.pt"
+    torch.save(state, path)
+    return path
+
+
+def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optional[str], out: Path,
+             epochs: int, batch_size: int, lr: float, seed: int, weight_decay: float = 0.1,
+             warmup_fraction: float = 0.05, name: Optional[str] = None, device: str = "cpu",
+             on_epoch: Optional[Callable[[int, float], None]] = None) -> Path:
+    """Train ``model`` contrastively on the captions and return the checkpoint path.
+
+    ``pretrained`` None (or "none") trains from seeded random weights; a tag or a
+    checkpoint path fine-tunes. ``name`` (default: the config name) names the
+    output files. ``on_epoch(epoch, mean_loss)`` is called after each epoch.
+    """
+    for field, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{field}: must be >= 1, got {value}")
+    if not lr > 0:
+        raise ValueError(f"lr: must be > 0, got {lr}")
+    config = config_name(model)
+    if pretrained is not None and pretrained.lower() in RANDOM_INIT:
+        pretrained = None
+    torch.manual_seed(seed)
+    clip, _, preprocess = open_clip.create_model_and_transforms(config, pretrained=pretrained, device=device)
+    rows = read_captions(Path(captions_csv), Path(images_dir))
+    data = CaptionPairs(rows, preprocess, open_clip.get_tokenizer(config))
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
+                        drop_last=len(data) > batch_size, generator=torch.Generator().manual_seed(seed))
+    total = epochs * len(loader)
+    optimizer = _optimizer(clip, lr, weight_decay)
+    scheduler = _cosine_with_warmup(optimizer, total, max(1, int(warmup_fraction * total)))
+    loss_fn = open_clip.ClipLoss()
+    clip.train()
+    epoch_loss = float("nan")
+    with tqdm(total=total, desc=f"train {config}", unit="step") as bar:
+        for epoch in range(epochs):
+            losses = []
+            for images, texts in loader:
+                image_features = clip.encode_image(images.to(device), normalize=True)
+                text_features = clip.encode_text(texts.to(device), normalize=True)
+                loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            epoch_loss = sum(losses) / len(losses)
+            if on_epoch is not None:
+                on_epoch(epoch, epoch_loss)
+    path = save_checkpoint(clip.eval(), config, name or config, Path(out))
+    summary = f"trained {config} on {len(data)} pairs for {epochs} epoch(s): final epoch loss {epoch_loss:.4f} -> {path}"
+    log.info(summary)
+    print(summary)
+    return path

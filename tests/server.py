@@ -1,0 +1,85 @@
+"""Run ``app.py`` as a user would, in its own process group, and always stop it."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def app_env() -> dict:
+    return {**os.environ, "JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
+            "JINA_LOG_LEVEL": "ERROR", "PYTHONUNBUFFERED": "1"}
+
+
+def run_app(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """One-shot CLI call (index, eval, ...)."""
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, env=app_env(),
+                          capture_output=True, text=True, timeout=timeout, start_new_session=True)
+
+
+def http_post(port: int, endpoint: str, data: list, parameters: Optional[dict] = None,
+              timeout: float = 60) -> tuple[int, dict]:
+    body = json.dumps({"data": data, "parameters": parameters or {}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{endpoint}", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+class Server:
+    """``python app.py -t query`` in a new session; ``kill`` mimics a crash of the whole service."""
+
+    def __init__(self, workspace: Path, grpc_port: int, http_port: int, *extra: str):
+        self.args = ["-t", "query", "--workspace", str(workspace), "--grpc-port", str(grpc_port),
+                     "--http-port", str(http_port), *extra]
+        self.grpc_port, self.http_port = grpc_port, http_port
+        self.proc: Optional[subprocess.Popen] = None
+        self.log = Path(workspace).parent / f"server-{Path(workspace).name}.log"
+
+    def start(self, timeout: float = 180) -> "Server":
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *self.args], cwd=ROOT,
+                                     env=app_env(), stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if http_post(self.http_port, "/stats", [], timeout=5)[0] == 200:
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown code runs, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self, timeout: float = 60) -> None:
+        """Ctrl-C, as a user would; escalate to SIGKILL if it does not exit."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the group, if any
+            except ProcessLookupError:
+                pass
+            self.proc.wait(30)

@@ -1,0 +1,236 @@
+"""The service end to end, driven as users drive it: app.py, HTTP (curl-like) and the Jina Client.
+
+One server per module (start-up costs seconds); tests run in file order and build on
+each other's writes, as a live service would.
+"""
+import base64
+import json
+
+import pytest
+from docarray import DocList
+from jina import Client
+from jina.excepts import BadServer
+
+from crossmodal.schemas import ContentDoc
+from tests.conftest import TINY_MODEL, free_port, png_bytes
+from tests.server import Server, http_post, run_app
+
+MODEL = ["--model", TINY_MODEL, "--pretrained", "none"]
+COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (240, 220, 10)}
+
+
+def data_uri(blob: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(blob).decode()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    data = base / "data"
+    (data / "images").mkdir(parents=True)
+    rows = ["image,caption,owner"]
+    for i, (name, rgb) in enumerate(COLORS.items()):
+        (data / "images" / f"{name}.png").write_bytes(png_bytes(rgb, shape="circle" if i % 2 else "rect"))
+        rows.append(f"{name}.png,a {name} shape,{'carol' if i % 2 else 'dave'}")
+    (data / "captions.csv").write_text("\n".join(rows) + "\n")
+    roots = base / "roots"
+    roots.mkdir()
+    (roots / "local.png").write_bytes(png_bytes((120, 60, 200)))
+    workspace = base / "workspace"
+
+    first = run_app("-t", "index", "--data", str(data), "--workspace", str(workspace), *MODEL)
+    again = run_app("-t", "index", "--data", str(data), "--workspace", str(workspace), *MODEL)
+    server = Server(workspace, free_port(), free_port(), *MODEL, "--data-root", str(roots))
+    server.start()
+    try:
+        yield {"server": server, "cli": (first, again), "workspace": workspace, "roots": roots,
+               "grpc": Client(host="127.0.0.1", port=server.grpc_port),
+               "http": server.http_port}
+    finally:
+        server.stop()
+
+
+def grpc_post(service, endpoint, docs, **parameters):
+    return service["grpc"].post(endpoint, DocList[ContentDoc](docs), parameters=parameters,
+                                return_type=DocList[ContentDoc])
+
+
+def stats(service) -> dict:
+    status, body = http_post(service["http"], "/stats", [])
+    assert status == 200
+    return body["data"][0]["tags"]
+
+
+def test_cli_index_summary_and_idempotent_rerun(service):
+    first, again = service["cli"]
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "indexed 8, updated 0, failed 0" in first.stdout
+    assert "indexed 0, updated 8, failed 0" in again.stdout
+    assert stats(service)["count"] == {"text": 4, "image": 4}
+
+
+def test_grpc_index_reports_each_document(service):
+    docs = [
+        ContentDoc(id="a-text", owner="alice", modality="text", text="a red square", tags={"lang": "en"}),
+        ContentDoc(id="a-img", owner="alice", modality="image", blob=png_bytes((200, 10, 10))),
+        ContentDoc(id="b-img", owner="bob", modality="image", blob=png_bytes((10, 10, 200), shape="circle")),
+        ContentDoc(id="b-text", owner="bob", modality="text", text="blue circles everywhere"),
+        ContentDoc(id="bad-bytes", owner="bob", modality="image", blob=b"not an image"),
+        ContentDoc(id="no-owner", modality="text", text="orphan"),
+        ContentDoc(id="bad-modality", owner="bob", modality="video", text="x"),
+        ContentDoc(id="empty", owner="bob", modality="text", text=""),
+    ]
+    result = {d.id: d for d in grpc_post(service, "/index", docs)}
+    assert [result[i].status for i in ("a-text", "a-img", "b-img", "b-text")] == ["indexed"] * 4
+    assert result["bad-bytes"].error.startswith("blob: not a decodable image")
+    assert result["no-owner"].error.startswith("owner:")
+    assert result["bad-modality"].error.startswith("modality:")
+    assert result["empty"].error.startswith("text:")
+    assert all(result[i].status == "error" for i in ("bad-bytes", "no-owner", "bad-modality", "empty"))
+    assert stats(service)["count"] == {"text": 6, "image": 6}
+
+
+def test_http_index_with_data_uris_and_guarded_paths(service):
+    roots = service["roots"]
+    status, body = http_post(service["http"], "/index", [
+        {"id": "h-img", "owner": "bob", "modality": "image", "uri": data_uri(png_bytes((0, 180, 180)))},
+        {"id": "h-local", "owner": "bob", "modality": "image", "uri": str(roots / "local.png")},
+        {"id": "h-escape", "owner": "bob", "modality": "image", "uri": str(roots / ".." / "e2e.log")},
+        {"id": "h-passwd", "owner": "bob", "modality": "image", "uri": "/etc/passwd"},
+        {"id": "h-bad64", "owner": "bob", "modality": "image", "uri": "data:image/png;base64,@@@"},
+    ])
+    assert status == 200
+    result = {d["id"]: d for d in body["data"]}
+    assert result["h-img"]["status"] == "indexed" and result["h-local"]["status"] == "indexed"
+    for bad in ("h-escape", "h-passwd", "h-bad64"):
+        assert result[bad]["status"] == "error" and result[bad]["error"].startswith("uri:")
+    assert "data roots" in result["h-passwd"]["error"]
+
+
+def test_identical_image_comes_first_over_grpc_and_http(service):
+    query = png_bytes((10, 10, 200), shape="circle")
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", blob=query)], k=3, modalities=["image"])
+    assert doc.image_matches[0].id == "b-img" and doc.image_matches[0].score >= 0.99
+    assert not doc.text_matches
+    status, body = http_post(service["http"], "/search", [{"id": "q", "uri": data_uri(query)}],
+                             {"k": 3, "with_thumbnails": True})
+    first = body["data"][0]["image_matches"][0]
+    assert status == 200 and first["id"] == "b-img" and first["score"] >= 0.99
+    assert first["owner"] == "bob" and first["thumbnail"].startswith("data:image/jpeg;base64,")
+
+
+def test_requester_never_sees_own_content_and_results_sorted(service):
+    for username in ("alice", "bob"):
+        [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="red square")], k=100, username=username)
+        for matches in (doc.text_matches, doc.image_matches):
+            assert matches, "other owners' content must be found"
+            assert all(m.owner != username for m in matches)
+            scores = [m.score for m in matches]
+            assert scores == sorted(scores, reverse=True)
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="red square")], k=2)
+    assert len(doc.text_matches) == 2 and len(doc.image_matches) == 2
+    assert doc.text_matches[0].tags is not None
+
+
+def test_jina_http_client_works_too(service):
+    client = Client(host="127.0.0.1", port=service["http"], protocol="http")
+    [doc] = client.post("/search", DocList[ContentDoc]([ContentDoc(id="q", text="blue circles")]),
+                        parameters={"k": 1, "modalities": ["text"]}, return_type=DocList[ContentDoc])
+    assert len(doc.text_matches) == 1 and doc.text_matches[0].owner
+
+
+@pytest.mark.parametrize("parameters, name", [
+    ({"k": 0}, "'k'"), ({"k": -1}, "'k'"), ({"k": "ten"}, "'k'"), ({"modalities": ["audio"]}, "'modalities'"),
+])
+def test_bad_parameters_are_clear_errors_and_service_survives(service, parameters, name):
+    status, body = http_post(service["http"], "/search", [{"id": "q", "text": "red"}], parameters)
+    assert status == 500 and name in body["detail"]
+    with pytest.raises(BadServer) as failure:
+        grpc_post(service, "/search", [ContentDoc(id="q", text="red")], **parameters)
+    assert "ValueError" in str(failure.value) and name.strip("'") in str(failure.value)
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="red")], k=1)
+    assert len(doc.text_matches) == 1
+
+
+def test_upsert_replaces_content_without_duplicates(service):
+    before = stats(service)["count"]
+    status, body = http_post(service["http"], "/index", [
+        {"id": "b-text", "owner": "bob", "modality": "text", "text": "green triangles now"}])
+    assert body["data"][0]["status"] == "updated"
+    assert stats(service)["count"] == before
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="green triangles now")], k=20,
+                      modalities=["text"])
+    found = {m.id: m for m in doc.text_matches}
+    assert found["b-text"].text == "green triangles now" and found["b-text"].score >= 0.99
+
+
+def test_delete_removes_from_every_index(service):
+    result = grpc_post(service, "/delete", [ContentDoc(id="a-img"), ContentDoc(id="never-was")])
+    assert [d.status for d in result] == ["deleted", "not_found"]
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", blob=png_bytes((200, 10, 10)))], k=50)
+    assert "a-img" not in {m.id for m in doc.image_matches}
+
+
+def test_stats_report_counts_owners_and_model(service):
+    tags = stats(service)
+    assert tags["count"] == {"text": 6, "image": 7}
+    assert tags["owners"] == 4 and tags["model"] == f"{TINY_MODEL}/random"
+    assert tags["dim"] == 32 and tags["index_type"] == "Flat"
+
+
+def test_recommend_over_http_and_grpc(service):
+    status, body = http_post(service["http"], "/recommend", [{}], {"username": "bob", "k": 5})
+    assert status == 200
+    doc = body["data"][0]
+    groups = [doc[g][m] for g in ("from_text", "from_image") for m in ("text_matches", "image_matches")]
+    matches = [m for group in groups for m in group]
+    assert matches and all(m["owner"] != "bob" for m in matches)
+    assert all(len(group) <= 5 for group in groups)
+    assert all(m["seed"] and m["cluster"] is not None for m in matches)
+    [grpc_doc] = grpc_post(service, "/recommend", [ContentDoc(id="r")], username="bob", k=5)
+    assert {m.id for m in grpc_doc.from_image.image_matches} == {m["id"] for m in doc["from_image"]["image_matches"]}
+
+
+def test_recommend_cold_start_and_bad_parameters(service):
+    status, body = http_post(service["http"], "/recommend", [{}], {"username": "nobody"})
+    doc = body["data"][0]
+    assert status == 200 and "no posts" in doc["reason"]
+    assert not doc["from_text"]["text_matches"] and not doc["from_image"]["image_matches"]
+    status, body = http_post(service["http"], "/recommend", [{}], {"k": 3})
+    assert status == 500 and "username" in body["detail"]
+    status, body = http_post(service["http"], "/recommend", [{}], {"username": "bob", "k": "ten"})
+    assert status == 500 and "'k'" in body["detail"]
+
+
+def test_second_server_on_the_workspace_refuses(service):
+    result = run_app("-t", "index", "--data", str(service["roots"]), "--workspace", str(service["workspace"]), *MODEL)
+    assert result.returncode == 2 and "in use by another crossmodal server" in result.stderr
+
+
+def test_crash_then_restart_keeps_acknowledged_writes(service):
+    server = service["server"]
+    status, body = http_post(service["http"], "/index", [
+        {"id": "last-word", "owner": "erin", "modality": "text", "text": "written just before the crash"}])
+    assert body["data"][0]["status"] == "indexed"
+    before = stats(service)
+    server.kill()
+    server.start()
+    assert stats(service) == before
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="written just before the crash")], k=1,
+                      modalities=["text"])
+    assert doc.text_matches[0].id == "last-word"
+
+
+def test_graceful_restart_saves_faiss_and_keeps_everything(service):
+    server = service["server"]
+    before = stats(service)
+    server.stop()
+    manifest = json.loads((service["workspace"] / "faiss-image.json").read_text())
+    from crossmodal.store import Store
+
+    assert manifest["generation"] == Store(service["workspace"], read_only=True).generation
+    server.start()
+    assert stats(service) == before
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", blob=png_bytes((10, 10, 200), shape="circle"))],
+                      k=1, modalities=["image"])
+    assert doc.image_matches[0].id == "b-img"
