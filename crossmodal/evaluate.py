@@ -1,0 +1,154 @@
+"""Retrieval quality of a model measured through the real service.
+
+The data is indexed by a Flow started in a throw-away workspace and queried
+through it, so the numbers include everything a user gets: preprocessing,
+encoders, the FAISS index and result assembly. Two relevance notions:
+
+* ``caption``: generated data; an image and a text are relevant iff their caption
+  strings are equal (many images share a caption);
+* ``pair``: Flickr-style data; an image is relevant only to its own captions.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from crossmodal.finetune import read_captions
+from crossmodal.metrics import summarize
+
+RELEVANCE = ("caption", "pair")
+EVAL_OWNER = "eval"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _post(client, endpoint: str, docs: list, parameters: Optional[dict] = None):
+    from docarray import DocList
+
+    from crossmodal.schemas import ContentDoc
+
+    result = client.post(endpoint, inputs=DocList[ContentDoc](docs), parameters=parameters or {},
+                         return_type=DocList[ContentDoc])
+    failed = [d for d in result if d.status == "error"]
+    if failed:
+        raise RuntimeError(f"{endpoint}: {len(failed)} document(s) failed, e.g. {failed[0].id}: {failed[0].error}")
+    return result
+
+
+def _index(client, images: dict[str, Path], texts: dict[str, str], batch_size: int) -> None:
+    from crossmodal.schemas import ContentDoc
+
+    docs = [ContentDoc(id=i, owner=EVAL_OWNER, modality="image", blob=p.read_bytes()) for i, p in images.items()]
+    docs += [ContentDoc(id=i, owner=EVAL_OWNER, modality="text", text=t) for i, t in texts.items()]
+    for batch in tqdm(_batches(docs, batch_size), desc="index", unit="batch"):
+        _post(client, "/index", batch)
+
+
+def _search(client, queries: list, modality: str, k: int, batch_size: int) -> list[list[str]]:
+    """Ranked result ids for each query document, in query order."""
+    ranked = []
+    for batch in tqdm(_batches(queries, batch_size), desc=f"search {modality}", unit="batch"):
+        by_id = {d.id: d for d in _post(client, "/search", batch, {"k": k, "modalities": [modality]})}
+        ranked += [[m.id for m in getattr(by_id[q.id], f"{modality}_matches")] for q in batch]
+    return ranked
+
+
+def _judge(ranked: list[list[str]], relevant: list[set[str]]) -> tuple[list[np.ndarray], list[int]]:
+    return ([np.array([r in rel for r in ids], dtype=float) for ids, rel in zip(ranked, relevant)],
+            [len(rel) for rel in relevant])
+
+
+def _table(result: dict, ks: Sequence[int]) -> str:
+    cols = [f"P@{k}" for k in ks] + [f"R@{k}" for k in ks] + ["mAP"]
+    lines = [f"{'direction':<15}{'queries':>8}" + "".join(f"{c:>8}" for c in cols)]
+    for direction in ("text_to_image", "image_to_text"):
+        row = result[direction]
+        lines.append(f"{direction:<15}{row['queries']:>8}" + "".join(f"{row[c]:>8.3f}" for c in cols))
+    return "\n".join(lines)
+
+
+class GroundTruth:
+    """Documents to index, queries to send, and which results are relevant to each query."""
+
+    def __init__(self, rows: list[tuple[Path, str]], images_dir: Path, relevance: str):
+        if relevance not in RELEVANCE:
+            raise ValueError(f"relevance: must be one of {RELEVANCE}, got {relevance!r}")
+        self.images = {p.relative_to(images_dir).as_posix(): p for p, _ in rows}
+        self.texts: dict[str, str] = {}
+        text_key, image_keys, n = {}, defaultdict(set), defaultdict(int)
+        for path, caption in rows:
+            image = path.relative_to(images_dir).as_posix()
+            text_id = f"{image}#caption{n[image]}"
+            n[image] += 1
+            self.texts[text_id] = caption
+            text_key[text_id] = caption if relevance == "caption" else image
+            image_keys[image].add(text_key[text_id])
+        texts_with, images_with = defaultdict(set), defaultdict(set)
+        for text_id, key in text_key.items():
+            texts_with[key].add(text_id)
+        for image, keys in image_keys.items():
+            for key in keys:
+                images_with[key].add(image)
+        if relevance == "caption":  # one query per distinct caption
+            captions = sorted(set(self.texts.values()))
+            self.text_queries = [(f"q{i}", c, images_with[c]) for i, c in enumerate(captions)]
+        else:
+            self.text_queries = [(t, c, images_with[text_key[t]]) for t, c in self.texts.items()]
+        self.image_relevant = {i: set().union(*(texts_with[key] for key in image_keys[i])) for i in self.images}
+
+
+def evaluate(captions_csv: Path, images_dir: Path, model: Optional[str], pretrained: Optional[str],
+             ks: Sequence[int] = (1, 5, 10), out_json: Optional[Path] = None, relevance: str = "caption",
+             batch_size: int = 64, device: str = "auto") -> dict:
+    """Index the captioned images and their captions, query both ways through the Flow, score.
+
+    Text->image queries are the distinct captions (``caption``) or every caption
+    row (``pair``); image->text queries are the images. Rankings are cut at
+    ``max(ks)``, so mAP is over that depth. Returns the metrics dict (also
+    written to ``out_json`` when given).
+    """
+    from crossmodal.clip_model import resolve
+    from crossmodal.schemas import ContentDoc
+    from crossmodal.service import ServiceConfig, running_flow
+
+    start = time.time()
+    truth = GroundTruth(read_captions(Path(captions_csv), Path(images_dir)), Path(images_dir), relevance)
+    spec = resolve(model, pretrained)
+    k = max(ks)
+    with tempfile.TemporaryDirectory(prefix="crossmodal-eval-") as workspace:
+        cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
+                            grpc_port=_free_port(), http_port=_free_port(), device=device)
+        with running_flow(cfg, spec) as client:
+            _index(client, truth.images, truth.texts, batch_size)
+            t2i = _search(client, [ContentDoc(id=q, text=t) for q, t, _ in truth.text_queries], "image", k, batch_size)
+            i2t = _search(client, [ContentDoc(id=i, blob=p.read_bytes()) for i, p in truth.images.items()],
+                          "text", k, batch_size)
+    result = {
+        "model": spec.label, "relevance": relevance, "images": len(truth.images), "texts": len(truth.texts),
+        "text_to_image": summarize(*_judge(t2i, [rel for _, _, rel in truth.text_queries]), ks=ks),
+        "image_to_text": summarize(*_judge(i2t, list(truth.image_relevant.values())), ks=ks),
+        "seconds": round(time.time() - start, 1),
+    }
+    print(_table(result, ks))
+    print(f"evaluated {spec.label} on {len(truth.images)} images / {len(truth.texts)} captions "
+          f"({relevance} relevance) in {result['seconds']}s")
+    if out_json is not None:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
