@@ -230,37 +230,24 @@ class Store:
         return out
 
     # -- reads ------------------------------------------------------------------
+    def _by_vids(self, columns: str, vids: Sequence[int], where: str = "") -> list[tuple]:
+        if not len(vids):
+            return []
+        marks = ",".join("?" * len(vids))
+        with self._lock:
+            return self._db.execute(
+                f"SELECT {columns} FROM items WHERE vid IN ({marks}){where}", [int(v) for v in vids]
+            ).fetchall()
+
     def rows(self, vids: Sequence[int]) -> dict[int, Row]:
         """Metadata of the given vids (missing ones are absent from the result)."""
-        if not len(vids):
-            return {}
-        marks = ",".join("?" * len(vids))
-        with self._lock:
-            records = self._db.execute(
-                f"SELECT {_ROW_COLUMNS} FROM items WHERE vid IN ({marks})", [int(v) for v in vids]
-            ).fetchall()
-        return {record[0]: _row(record) for record in records}
+        return {record[0]: _row(record) for record in self._by_vids(_ROW_COLUMNS, vids)}
 
     def thumbnails(self, vids: Sequence[int]) -> dict[int, bytes]:
-        if not len(vids):
-            return {}
-        marks = ",".join("?" * len(vids))
-        with self._lock:
-            records = self._db.execute(
-                f"SELECT vid, thumbnail FROM items WHERE vid IN ({marks}) AND thumbnail IS NOT NULL",
-                [int(v) for v in vids],
-            ).fetchall()
-        return dict(records)
+        return dict(self._by_vids("vid, thumbnail", vids, " AND thumbnail IS NOT NULL"))
 
     def embeddings_of(self, vids: Sequence[int]) -> dict[int, np.ndarray]:
-        if not len(vids):
-            return {}
-        marks = ",".join("?" * len(vids))
-        with self._lock:
-            records = self._db.execute(
-                f"SELECT vid, embedding FROM items WHERE vid IN ({marks})", [int(v) for v in vids]
-            ).fetchall()
-        return {vid: np.frombuffer(blob, dtype=np.float32) for vid, blob in records}
+        return {vid: np.frombuffer(blob, dtype=np.float32) for vid, blob in self._by_vids("vid, embedding", vids)}
 
     def owner_vids(self, owner: str, modality: str) -> np.ndarray:
         with self._lock:

@@ -1,6 +1,6 @@
 """Jina adapter: CLIP text embeddings for text content and text queries."""
 
-from typing import Optional
+from typing import Callable, Optional
 
 from docarray import DocList
 from jina import Executor, requests
@@ -26,21 +26,21 @@ class ClipTextEncoder(Executor):
             for doc, vector in zip(docs, encode_texts(self.tower, [d.text for d in docs], self.batch_size)):
                 doc.embedding = vector
 
-    @requests(on="/index")
-    def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+    def _validate(self, docs: DocList[ContentDoc], check: Callable) -> None:
         for doc in docs:
-            error = content_error(doc, self.limits)
+            error = check(doc, self.limits)
             if error:
                 mark_error(doc, error)
+
+    @requests(on="/index")
+    def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        self._validate(docs, content_error)
         self._encode([d for d in docs if d.error is None and d.modality == "text"])
         return docs
 
     @requests(on="/search")
     def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        for doc in docs:
-            error = query_error(doc, self.limits)
-            if error:
-                mark_error(doc, error)
+        self._validate(docs, query_error)
         self._encode([d for d in docs if d.error is None and not (d.blob or d.uri)])
         return docs
 

@@ -1,0 +1,47 @@
+"""evaluate() end to end through the real Flow (needs crossmodal/service.py and the executors)."""
+import json
+
+import pytest
+
+from crossmodal.datagen import generate_dataset
+from crossmodal.evaluate import GroundTruth, evaluate
+from crossmodal.finetune import read_captions
+
+
+def _rows(tmp_path, lines):
+    (tmp_path / "images").mkdir()
+    for image in {line.split(",")[0] for line in lines}:
+        (tmp_path / "images" / image).write_bytes(b"")
+    (tmp_path / "c.csv").write_text("image,caption\n" + "\n".join(lines) + "\n")
+    return read_captions(tmp_path / "c.csv", tmp_path / "images")
+
+
+def test_caption_relevance_links_every_image_and_text_sharing_a_caption(tmp_path):
+    rows = _rows(tmp_path, ["a.png,red star", "b.png,red star", "c.png,blue cross"])
+    truth = GroundTruth(rows, tmp_path / "images", "caption")
+    assert [(t, rel) for _, t, rel in truth.text_queries] == [("blue cross", {"c.png"}), ("red star", {"a.png", "b.png"})]
+    assert truth.image_relevant["a.png"] == {"a.png#caption0", "b.png#caption0"}
+
+
+def test_pair_relevance_links_an_image_only_to_its_own_captions(tmp_path):
+    rows = _rows(tmp_path, ["a.png,a dog", "a.png,a brown dog", "b.png,a dog"])
+    truth = GroundTruth(rows, tmp_path / "images", "pair")
+    assert {q: rel for q, _, rel in truth.text_queries} == {
+        "a.png#caption0": {"a.png"}, "a.png#caption1": {"a.png"}, "b.png#caption0": {"b.png"}}
+    assert truth.image_relevant["a.png"] == {"a.png#caption0", "a.png#caption1"}
+    with pytest.raises(ValueError, match="relevance"):
+        GroundTruth(rows, tmp_path / "images", "exact")
+
+
+def test_evaluate_through_the_flow_reports_bounded_metrics(tmp_path):
+    data = generate_dataset(tmp_path / "d", n_images=20, seed=21, n_distinct=4, image_size=48, progress=False)
+    out = tmp_path / "report.json"
+    result = evaluate(data / "captions.csv", data / "images", "tiny-clip", "none", ks=(1, 5), out_json=out)
+    assert json.loads(out.read_text()) == result
+    assert result["images"] == 20 and result["texts"] == 20
+    assert result["text_to_image"]["queries"] == 4 and result["image_to_text"]["queries"] == 20
+    for direction in ("text_to_image", "image_to_text"):
+        for key in ("P@1", "P@5", "R@1", "R@5", "nDCG@5", "mAP"):
+            assert 0.0 <= result[direction][key] <= 1.0
+        # each caption has 5 images, so P@5 == R@5 for text->image; both are real counts of hits
+    assert result["text_to_image"]["P@5"] == pytest.approx(result["text_to_image"]["R@5"])
