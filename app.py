@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
 os.environ.setdefault("JINA_HIDE_SURVEY", "1")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # raised inside jina's deps
 
 from crossmodal.service import ROOT, ServiceConfig  # noqa: E402
@@ -30,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workspace", type=Path, default=ROOT / "workspace")
     p.add_argument("--model", help="open_clip model name or config .json (default ViT-B-32, else the demo model)")
     p.add_argument("--pretrained", help="pretrained tag, checkpoint path, or 'none' for random weights")
-    p.add_argument("--grpc-port", type=int, default=45679)
-    p.add_argument("--http-port", type=int, default=45678)
+    p.add_argument("--grpc-port", type=int, help="default 45679 for query, a free port otherwise")
+    p.add_argument("--http-port", type=int, help="default 45678 for query, a free port otherwise")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 to expose)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--index-factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF1024,Flat ...")
@@ -46,10 +48,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def service_config(args: argparse.Namespace) -> ServiceConfig:
+    """Serving uses the documented ports; one-shot tasks take free ones, beside any server."""
+    serving = args.task == "query"
     return ServiceConfig(
         workspace=args.workspace, model=args.model, pretrained=args.pretrained,
-        grpc_port=args.grpc_port, http_port=args.http_port, host=args.host, device=args.device,
+        grpc_port=args.grpc_port or (45679 if serving else _free_port()),
+        http_port=args.http_port or (45678 if serving else _free_port()),
+        host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots),
     )
 
@@ -87,10 +99,10 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from crossmodal.service import build_flow
+    from crossmodal.service import build_flow, started
 
     cfg = service_config(args)
-    with build_flow(cfg) as flow:
+    with started(build_flow(cfg)) as flow:
         base = f"http://{cfg.host}:{cfg.http_port}"
         print(f"\ncrossmodal is serving (Ctrl-C to stop)\n"
               f"  gRPC : {cfg.host}:{cfg.grpc_port}   (jina Client(host='{cfg.host}', port={cfg.grpc_port}))\n"

@@ -7,6 +7,7 @@ place that sets them.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,9 +86,20 @@ def build_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None):
 
 
 @contextlib.contextmanager
+def started(flow) -> Iterator:
+    """Start a Flow without Jina's banner (it lists addresses we do not bind); stop it on exit."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        flow.start()
+    try:
+        yield flow
+    finally:
+        flow.close()
+
+
+@contextlib.contextmanager
 def running_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None) -> Iterator["Client"]:
     """Start the Flow and yield a connected gRPC client; the Flow stops on exit."""
     from jina import Client
 
-    with build_flow(cfg, spec):
+    with started(build_flow(cfg, spec)):
         yield Client(host=cfg.host, port=cfg.grpc_port)
