@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import time
 import warnings
@@ -22,7 +21,7 @@ os.environ.setdefault("JINA_HIDE_SURVEY", "1")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # raised inside jina's deps
 
-from crossmodal.service import ROOT, ServiceConfig  # noqa: E402
+from crossmodal.service import ROOT, ServiceConfig, free_port  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,19 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def service_config(args: argparse.Namespace) -> ServiceConfig:
     """Serving uses the documented ports; one-shot tasks take free ones, beside any server."""
     serving = args.task == "query"
     return ServiceConfig(
         workspace=args.workspace, model=args.model, pretrained=args.pretrained,
-        grpc_port=args.grpc_port or (45679 if serving else _free_port()),
-        http_port=args.http_port or (45678 if serving else _free_port()),
+        grpc_port=args.grpc_port or (45679 if serving else free_port()),
+        http_port=args.http_port or (45678 if serving else free_port()),
         host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots),
     )
@@ -99,10 +92,10 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from crossmodal.service import build_flow, started
+    from crossmodal.service import build_flow, started, stop_on_signals
 
     cfg = service_config(args)
-    with started(build_flow(cfg)) as flow:
+    with started(build_flow(cfg)), stop_on_signals() as stop:
         base = f"http://{cfg.host}:{cfg.http_port}"
         print(f"\ncrossmodal is serving (Ctrl-C to stop)\n"
               f"  gRPC : {cfg.host}:{cfg.grpc_port}   (jina Client(host='{cfg.host}', port={cfg.grpc_port}))\n"
@@ -111,7 +104,8 @@ def run_query(args: argparse.Namespace) -> int:
               f"  try  : curl -s -X POST {base}/search -H 'Content-Type: application/json' "
               f"-d '{{\"data\": [{{\"id\": \"q1\", \"text\": \"two red circles\"}}], "
               f"\"parameters\": {{\"k\": 3, \"username\": \"alice\"}}}}'\n", flush=True)
-        flow.block()
+        while not stop.wait(timeout=0.5):  # see stop_on_signals
+            pass
     return 0
 
 
@@ -134,7 +128,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.data is None:
         sys.exit("-t eval needs --data DIR (captions.csv + images/)")
-    evaluate(args.data / "captions.csv", args.data / "images", args.model, args.pretrained, out_json=args.out)
+    evaluate(args.data / "captions.csv", args.data / "images", args.model, args.pretrained, out_json=args.out,
+             batch_size=args.batch_size, device=args.device)
     return 0
 
 

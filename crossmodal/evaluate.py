@@ -10,13 +10,13 @@ encoders, the FAISS index and result assembly. Two relevance notions:
 """
 from __future__ import annotations
 
+import itertools
 import json
-import socket
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -28,23 +28,14 @@ RELEVANCE = ("caption", "pair")
 EVAL_OWNER = "eval"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def _post(client, endpoint: str, docs: list, parameters: Optional[dict] = None):
+def _post(client, endpoint: str, docs: Iterable, total: int, batch_size: int, parameters: Optional[dict] = None):
+    """Stream ``docs`` in requests of ``batch_size`` (images are read lazily) and fail on any error."""
     from docarray import DocList
 
     from crossmodal.schemas import ContentDoc
 
-    result = client.post(endpoint, inputs=DocList[ContentDoc](docs), parameters=parameters or {},
-                         return_type=DocList[ContentDoc])
+    result = client.post(endpoint, inputs=tqdm(docs, total=total, desc=endpoint.strip("/"), unit="doc"),
+                         parameters=parameters or {}, request_size=batch_size, return_type=DocList[ContentDoc])
     failed = [d for d in result if d.status == "error"]
     if failed:
         raise RuntimeError(f"{endpoint}: {len(failed)} document(s) failed, e.g. {failed[0].id}: {failed[0].error}")
@@ -54,29 +45,30 @@ def _post(client, endpoint: str, docs: list, parameters: Optional[dict] = None):
 def _index(client, images: dict[str, Path], texts: dict[str, str], batch_size: int) -> None:
     from crossmodal.schemas import ContentDoc
 
-    docs = [ContentDoc(id=i, owner=EVAL_OWNER, modality="image", blob=p.read_bytes()) for i, p in images.items()]
-    docs += [ContentDoc(id=i, owner=EVAL_OWNER, modality="text", text=t) for i, t in texts.items()]
-    for batch in tqdm(_batches(docs, batch_size), desc="index", unit="batch"):
-        _post(client, "/index", batch)
+    docs = itertools.chain(
+        (ContentDoc(id=i, owner=EVAL_OWNER, modality="image", blob=p.read_bytes()) for i, p in images.items()),
+        (ContentDoc(id=i, owner=EVAL_OWNER, modality="text", text=t) for i, t in texts.items()))
+    _post(client, "/index", docs, len(images) + len(texts), batch_size)
 
 
-def _search(client, queries: list, modality: str, k: int, batch_size: int) -> list[list[str]]:
-    """Ranked result ids for each query document, in query order."""
-    ranked = []
-    for batch in tqdm(_batches(queries, batch_size), desc=f"search {modality}", unit="batch"):
-        by_id = {d.id: d for d in _post(client, "/search", batch, {"k": k, "modalities": [modality]})}
-        ranked += [[m.id for m in getattr(by_id[q.id], f"{modality}_matches")] for q in batch]
-    return ranked
+def _search(client, queries: Iterable, total: int, modality: str, k: int, batch_size: int) -> dict[str, list[str]]:
+    """Ranked result ids by query id."""
+    found = _post(client, "/search", queries, total, batch_size, {"k": k, "modalities": [modality]})
+    return {d.id: [m.id for m in getattr(d, f"{modality}_matches")] for d in found}
 
 
-def _judge(ranked: list[list[str]], relevant: list[set[str]]) -> tuple[list[np.ndarray], list[int]]:
-    return ([np.array([r in rel for r in ids], dtype=float) for ids, rel in zip(ranked, relevant)],
-            [len(rel) for rel in relevant])
+def _judge(ranked: dict[str, list[str]], relevant: dict[str, set[str]]) -> tuple[list[np.ndarray], list[int]]:
+    missing = set(relevant) - set(ranked)
+    if missing:
+        raise RuntimeError(f"search: no answer for {len(missing)} quer(y/ies), e.g. {sorted(missing)[0]}")
+    return ([np.array([r in relevant[q] for r in ranked[q]], dtype=float) for q in relevant],
+            [len(rel) for rel in relevant.values()])
 
 
 def _table(result: dict, ks: Sequence[int]) -> str:
     cols = [f"P@{k}" for k in ks] + [f"R@{k}" for k in ks] + ["mAP"]
-    lines = [f"{'direction':<15}{'queries':>8}" + "".join(f"{c:>8}" for c in cols)]
+    labels = [c if c != "mAP" else f"mAP@{max(ks)}" for c in cols]
+    lines = [f"{'direction':<15}{'queries':>8}" + "".join(f"{c:>8}" for c in labels)]
     for direction in ("text_to_image", "image_to_text"):
         row = result[direction]
         lines.append(f"{direction:<15}{row['queries']:>8}" + "".join(f"{row[c]:>8.3f}" for c in cols))
@@ -125,7 +117,7 @@ def evaluate(captions_csv: Path, images_dir: Path, model: Optional[str], pretrai
     """
     from crossmodal.clip_model import resolve
     from crossmodal.schemas import ContentDoc
-    from crossmodal.service import ServiceConfig, running_flow
+    from crossmodal.service import ServiceConfig, free_port, running_flow
 
     start = time.time()
     truth = GroundTruth(read_captions(Path(captions_csv), Path(images_dir)), Path(images_dir), relevance)
@@ -133,16 +125,18 @@ def evaluate(captions_csv: Path, images_dir: Path, model: Optional[str], pretrai
     k = max(ks)
     with tempfile.TemporaryDirectory(prefix="crossmodal-eval-") as workspace:
         cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
-                            grpc_port=_free_port(), http_port=_free_port(), device=device)
+                            grpc_port=free_port(), http_port=free_port(), device=device)
         with running_flow(cfg, spec) as client:
             _index(client, truth.images, truth.texts, batch_size)
-            t2i = _search(client, [ContentDoc(id=q, text=t) for q, t, _ in truth.text_queries], "image", k, batch_size)
-            i2t = _search(client, [ContentDoc(id=i, blob=p.read_bytes()) for i, p in truth.images.items()],
-                          "text", k, batch_size)
+            t2i = _search(client, (ContentDoc(id=q, text=t) for q, t, _ in truth.text_queries),
+                          len(truth.text_queries), "image", k, batch_size)
+            i2t = _search(client, (ContentDoc(id=i, blob=p.read_bytes()) for i, p in truth.images.items()),
+                          len(truth.images), "text", k, batch_size)
     result = {
         "model": spec.label, "relevance": relevance, "images": len(truth.images), "texts": len(truth.texts),
-        "text_to_image": summarize(*_judge(t2i, [rel for _, _, rel in truth.text_queries]), ks=ks),
-        "image_to_text": summarize(*_judge(i2t, list(truth.image_relevant.values())), ks=ks),
+        "depth": k,  # rankings are cut here: R@k and mAP count deeper relevant items as misses
+        "text_to_image": summarize(*_judge(t2i, {q: rel for q, _, rel in truth.text_queries}), ks=ks),
+        "image_to_text": summarize(*_judge(i2t, truth.image_relevant), ks=ks),
         "seconds": round(time.time() - start, 1),
     }
     print(_table(result, ks))

@@ -91,19 +91,52 @@ def _cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def save_checkpoint(model: torch.nn.Module, config: str, name: str, out: Path) -> Path:
-    """Write ``<name>.json`` (the open_clip config of ``config``) and ``<name>.pt`` (float16 state dict)."""
+def save_checkpoint(model: torch.nn.Module, config: dict, name: str, out: Path) -> Path:
+    """Write ``<name>.json`` (open_clip config) and ``<name>.pt`` (float16 state dict)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(open_clip.get_model_config(config), indent=4) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(config, indent=4) + "\n")
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     path = out / f"{name}.pt"
     torch.save(state, path)
     return path
 
 
+def _create(config: str, pretrained: Optional[str], device: str) -> tuple[torch.nn.Module, Callable, dict]:
+    """Model, eval transform and the config to save (QuickGELU recorded when the weights need it)."""
+    model_cfg = dict(open_clip.get_model_config(config))
+    quick_gelu = False
+    if pretrained is not None and not Path(pretrained).is_file():
+        quick_gelu = bool(open_clip.get_pretrained_cfg(config, pretrained).get("quick_gelu"))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        config, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu)
+    if quick_gelu:
+        model_cfg["quick_gelu"] = True
+    return model, preprocess, model_cfg
+
+
+def _train_epoch(clip: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, device: str, bar: tqdm) -> float:
+    loss_fn = open_clip.ClipLoss()
+    losses = []
+    for images, texts in loader:
+        image_features = clip.encode_image(images.to(device), normalize=True)
+        text_features = clip.encode_text(texts.to(device), normalize=True)
+        loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        losses.append(loss.item())
+        bar.update()
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return sum(losses) / len(losses)
+
+
 def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optional[str], out: Path,
              epochs: int, batch_size: int, lr: float, seed: int, weight_decay: float = 0.1,
-             warmup_fraction: float = 0.05, name: Optional[str] = None, device: str = "cpu",
+             warmup_fraction: float = 0.05, name: Optional[str] = None, device: str = "auto",
              on_epoch: Optional[Callable[[int, float], None]] = None) -> Path:
     """Train ``model`` contrastively on the captions and return the checkpoint path.
 
@@ -119,38 +152,25 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
     config = config_name(model)
     if pretrained is not None and pretrained.lower() in RANDOM_INIT:
         pretrained = None
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
-    clip, _, preprocess = open_clip.create_model_and_transforms(config, pretrained=pretrained, device=device)
-    rows = read_captions(Path(captions_csv), Path(images_dir))
-    data = CaptionPairs(rows, preprocess, open_clip.get_tokenizer(config))
+    clip, preprocess, model_cfg = _create(config, pretrained, device)
+    data = CaptionPairs(read_captions(Path(captions_csv), Path(images_dir)), preprocess,
+                        open_clip.get_tokenizer(config))
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
                         drop_last=len(data) > batch_size, generator=torch.Generator().manual_seed(seed))
     total = epochs * len(loader)
     optimizer = _optimizer(clip, lr, weight_decay)
     scheduler = _cosine_with_warmup(optimizer, total, max(1, int(warmup_fraction * total)))
-    loss_fn = open_clip.ClipLoss()
     clip.train()
-    epoch_loss = float("nan")
     with tqdm(total=total, desc=f"train {config}", unit="step") as bar:
         for epoch in range(epochs):
-            losses = []
-            for images, texts in loader:
-                image_features = clip.encode_image(images.to(device), normalize=True)
-                text_features = clip.encode_text(texts.to(device), normalize=True)
-                loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                losses.append(loss.item())
-                bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-            epoch_loss = sum(losses) / len(losses)
+            epoch_loss = _train_epoch(clip, loader, optimizer, scheduler, device, bar)
+            bar.write(f"epoch {epoch + 1}/{epochs}: mean loss {epoch_loss:.4f}")
             if on_epoch is not None:
                 on_epoch(epoch, epoch_loss)
-    path = save_checkpoint(clip.eval(), config, name or config, Path(out))
+    path = save_checkpoint(clip.eval(), model_cfg, name or config, Path(out))
     summary = f"trained {config} on {len(data)} pairs for {epochs} epoch(s): final epoch loss {epoch_loss:.4f} -> {path}"
     log.info(summary)
     print(summary)

@@ -9,16 +9,29 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from crossmodal.clip_model import ModelSpec
+
+if TYPE_CHECKING:
+    from jina import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW_YAML = ROOT / "flows" / "crossmodal.yml"
 JINA_QUIET = {"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
               "JINA_LOG_LEVEL": os.environ.get("JINA_LOG_LEVEL", "ERROR")}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now, for one-shot Flows that must not clash with a server."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 @dataclass
@@ -94,6 +107,24 @@ def started(flow) -> Iterator:
         yield flow
     finally:
         flow.close()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM (``docker stop``, systemd) asks a served Flow to stop gracefully.
+
+    Enter it after ``Flow.start``: the start leaves Python's default SIGINT handler
+    installed and SIGTERM would kill the process without letting executors save.
+    The serving loop polls the event with a timeout, because an untimed wait (as in
+    ``Flow.block``) never wakes when one of gRPC's threads catches the signal.
+    """
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextlib.contextmanager

@@ -1,10 +1,11 @@
 """Shared fixtures: a tiny seeded CLIP, free loopback ports, quiet Jina."""
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from crossmodal.service import free_port  # noqa: F401  (re-exported for the tests)
 
 os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
 os.environ.setdefault("JINA_HIDE_SURVEY", "1")
@@ -12,12 +13,6 @@ os.environ.setdefault("JINA_LOG_LEVEL", "ERROR")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "tiny-clip"  # models/tiny-clip.json, random weights seeded by the loader
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
-"""evaluate() end to end through the real Flow (needs crossmodal/service.py and the executors)."""
+"""Retrieval evaluation: ground truth construction, and ``app.py -t eval`` through the real Flow."""
 import json
 
 import pytest
 
 from crossmodal.datagen import generate_dataset
-from crossmodal.evaluate import GroundTruth, evaluate
+from crossmodal.evaluate import GroundTruth
 from crossmodal.finetune import read_captions
+from crossmodal.launcher import run_app
+from tests.conftest import TINY_MODEL
 
 
 def _rows(tmp_path, lines):
@@ -33,15 +35,23 @@ def test_pair_relevance_links_an_image_only_to_its_own_captions(tmp_path):
         GroundTruth(rows, tmp_path / "images", "exact")
 
 
-def test_evaluate_through_the_flow_reports_bounded_metrics(tmp_path):
+def test_eval_cli_through_the_flow_reports_bounded_metrics(tmp_path):
+    """``app.py -t eval`` as a user runs it, in its own process.
+
+    Running the Flow inside pytest would fork executor processes from a process
+    whose torch thread pools other tests already started, which can deadlock.
+    """
     data = generate_dataset(tmp_path / "d", n_images=20, seed=21, n_distinct=4, image_size=48, progress=False)
     out = tmp_path / "report.json"
-    result = evaluate(data / "captions.csv", data / "images", "tiny-clip", "none", ks=(1, 5), out_json=out)
-    assert json.loads(out.read_text()) == result
-    assert result["images"] == 20 and result["texts"] == 20
+    proc = run_app("-t", "eval", "--data", str(data), "--model", TINY_MODEL, "--pretrained", "none",
+                   "--out", str(out), "--batch-size", "8")  # several requests per endpoint
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert "text_to_image" in proc.stdout and f"{result['model']}" in proc.stdout  # the table and the summary
+    assert result["images"] == 20 and result["texts"] == 20 and result["depth"] == 10
     assert result["text_to_image"]["queries"] == 4 and result["image_to_text"]["queries"] == 20
     for direction in ("text_to_image", "image_to_text"):
-        for key in ("P@1", "P@5", "R@1", "R@5", "nDCG@5", "mAP"):
+        for key in ("P@1", "P@5", "P@10", "R@1", "R@5", "R@10", "nDCG@10", "mAP"):
             assert 0.0 <= result[direction][key] <= 1.0
-        # each caption has 5 images, so P@5 == R@5 for text->image; both are real counts of hits
+    # each caption has 5 images, so P@5 == R@5 for text->image; both are real counts of hits
     assert result["text_to_image"]["P@5"] == pytest.approx(result["text_to_image"]["R@5"])

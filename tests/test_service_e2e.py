@@ -5,6 +5,9 @@ each other's writes, as a live service would.
 """
 import base64
 import json
+import signal
+import time
+from pathlib import Path
 
 import pytest
 from docarray import DocList
@@ -13,7 +16,7 @@ from jina.excepts import BadServer
 
 from crossmodal.schemas import ContentDoc
 from tests.conftest import TINY_MODEL, free_port, png_bytes
-from tests.server import Server, http_post, run_app
+from crossmodal.launcher import Server, http_post, run_app
 
 MODEL = ["--model", TINY_MODEL, "--pretrained", "none"]
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (240, 220, 10)}
@@ -221,10 +224,28 @@ def test_crash_then_restart_keeps_acknowledged_writes(service):
     assert doc.text_matches[0].id == "last-word"
 
 
-def test_graceful_restart_saves_faiss_and_keeps_everything(service):
+def _group_alive(pgid: int) -> bool:
+    """Any live (not zombie) process in the group: the fields after the command's ')'."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def test_sigterm_stops_gracefully_saves_faiss_and_restart_keeps_everything(service):
+    """SIGTERM to the main process only, as ``docker stop`` and systemd send it."""
     server = service["server"]
     before = stats(service)
-    server.stop()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(60) == 0
+    deadline = time.time() + 30
+    while _group_alive(server.proc.pid) and time.time() < deadline:  # executors exit with it
+        time.sleep(0.2)
+    assert not _group_alive(server.proc.pid), "executor processes outlived the server"
     manifest = json.loads((service["workspace"] / "faiss-image.json").read_text())
     from crossmodal.store import Store
 

@@ -1,4 +1,9 @@
-"""Run ``app.py`` as a user would, in its own process group, and always stop it."""
+"""Run ``app.py`` (or any Flow) as a user would, in its own process group, and always stop it.
+
+Tests and benchmarks start Flows this way rather than in their own process: Jina
+forks executor processes, and forking a process whose torch/FAISS OpenMP thread
+pools are already running can deadlock the child.
+"""
 import json
 import os
 import signal
@@ -37,25 +42,32 @@ def http_post(port: int, endpoint: str, data: list, parameters: Optional[dict] =
 
 
 class Server:
-    """``python app.py -t query`` in a new session; ``kill`` mimics a crash of the whole service."""
+    """``python app.py -t query`` in a new session; ``kill`` mimics a crash of the whole service.
 
-    def __init__(self, workspace: Path, grpc_port: int, http_port: int, *extra: str):
-        self.args = ["-t", "query", "--workspace", str(workspace), "--grpc-port", str(grpc_port),
-                     "--http-port", str(http_port), *extra]
-        self.grpc_port, self.http_port = grpc_port, http_port
+    ``command`` replaces the app.py call (e.g. another Flow); ``ready`` is the HTTP
+    endpoint polled until it answers 200.
+    """
+
+    def __init__(self, workspace: Path, grpc_port: int, http_port: int, *extra: str,
+                 command: Optional[list[str]] = None, ready: str = "/stats", banner: Optional[str] = None):
+        self.command = command or [sys.executable, str(ROOT / "app.py"), "-t", "query", "--workspace",
+                                   str(workspace), "--grpc-port", str(grpc_port), "--http-port", str(http_port), *extra]
+        self.grpc_port, self.http_port, self.ready = grpc_port, http_port, ready
+        # app.py prints this once Flow.start() has returned: only then is Ctrl-C handled
+        self.banner = banner if command else "crossmodal is serving"
         self.proc: Optional[subprocess.Popen] = None
         self.log = Path(workspace).parent / f"server-{Path(workspace).name}.log"
 
     def start(self, timeout: float = 180) -> "Server":
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *self.args], cwd=ROOT,
-                                     env=app_env(), stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=app_env(), stdout=self.log.open("w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if http_post(self.http_port, "/stats", [], timeout=5)[0] == 200:
+                if (http_post(self.http_port, self.ready, [], timeout=5)[0] == 200
+                        and (not self.banner or self.banner in self.log.read_text())):
                     return self
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
                 pass
@@ -83,3 +95,9 @@ class Server:
             except ProcessLookupError:
                 pass
             self.proc.wait(30)
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

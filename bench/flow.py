@@ -1,0 +1,220 @@
+"""The product through its Flow: indexing rate, query latency, hop overhead, memory, start-up, baseline.
+
+Every Flow runs in its own process (crossmodal.launcher): this process has run torch
+and FAISS already, and Jina forking executors from it could deadlock.
+"""
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from docarray import DocList
+from tqdm import tqdm
+
+from bench.common import Figure, Report, figure
+from bench.encoders import MODEL, SHORT_QUERY, sample_images
+from crossmodal.launcher import ROOT, Server, app_env, run_app
+from crossmodal.schemas import ContentDoc
+from crossmodal.service import free_port
+
+ENV = {**app_env(), "GRPC_VERBOSITY": "ERROR"}
+
+
+def post(port: int, path: str, payload: dict, timeout: float = 120) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_http(port: int, path: str, payload, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            post(port, path, payload, timeout=5)
+            return
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"nothing answered on 127.0.0.1:{port}{path}")
+
+
+def index_rate(report: Report, workdir: Path, count: int) -> Figure:
+    """``app.py -t index`` on a folder of JPEGs: decode, preprocess, encode, store."""
+    folder = workdir / "images"
+    folder.mkdir()
+    for i, blob in enumerate(sample_images(count, seed=7)):
+        (folder / f"{i:05d}.jpg").write_bytes(blob)
+    done = run_app("-t", "index", "--data", str(folder), "--workspace", str(workdir / "ws-index"),
+                   "--model", MODEL, "--pretrained", "none", timeout=1800)
+    if done.returncode:
+        raise RuntimeError(f"app.py -t index failed:\n{done.stderr[-3000:]}")
+    rate = float(re.search(r"\(([\d.]+) docs/s\)", done.stdout).group(1))
+    return report.add(Figure(f"app.py -t index, {count} JPEGs through the Flow", rate, "img/s"))
+
+
+def populate(workspace: Path, n: int) -> None:
+    """A store of n random unit vectors (half texts, half images) the indexer rebuilds FAISS from."""
+    from crossmodal import clip_model
+    from crossmodal.store import Item, Store
+
+    spec = clip_model.resolve(MODEL, "none")
+    store = Store(workspace)
+    store.bind_model(spec.label, 512)
+    rng = np.random.default_rng(0)
+    for start in tqdm(range(0, n, 10_000), desc="populating store", unit="x10k"):
+        x = rng.normal(size=(min(10_000, n - start), 512)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        store.upsert([Item(f"item{start + i}", f"user{(start + i) % 1000}", ("text", "image")[i % 2], v,
+                           text=f"synthetic {start + i}") for i, v in enumerate(x)])
+    store.close()
+
+
+def search_alone(report: Report, workspace: Path) -> Figure:
+    """What the indexer does per text query: both modalities, k=10, rows fetched."""
+    from crossmodal.content_index import ContentIndex, IndexConfig
+    from crossmodal import clip_model
+
+    index = ContentIndex(IndexConfig(workspace, clip_model.resolve(MODEL, "none").label, 512))
+    query = np.random.default_rng(1).normal(size=(1, 512)).astype(np.float32)
+    query /= np.linalg.norm(query)
+    samples = []
+    for _ in range(30):
+        start = time.perf_counter()
+        for modality in ("text", "image"):
+            index.search(query, modality, 10, "user1")
+        samples.append(time.perf_counter() - start)
+    index.close()
+    return report.add(figure("search alone (ContentIndex, 2 modalities, k=10)", samples, "ms", scale=1000))
+
+
+def query_latency(report: Report, client, http_port: int, label: str, repeats: int) -> tuple[Figure, Figure]:
+    docs = DocList[ContentDoc]([ContentDoc(id="q", text=SHORT_QUERY)])
+    params = {"k": 10, "username": "user1"}
+    grpc = [0.0] * repeats
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        client.post("/search", docs, parameters=params, return_type=DocList[ContentDoc])
+        if i >= 2:
+            grpc[i - 2] = time.perf_counter() - start
+    payload = {"data": [{"id": "q", "text": SHORT_QUERY}], "parameters": params}
+    http = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        post(http_port, "/search", payload)
+        if i >= 2:
+            http.append(time.perf_counter() - start)
+    g = report.add(figure(f"{label} query p50 over gRPC", grpc, "ms", scale=1000,
+                          note=f"p95 {np.percentile(grpc, 95) * 1000:.1f} ms"))
+    h = report.add(figure(f"{label} query p50 over HTTP", http, "ms", scale=1000,
+                          note=f"p95 {np.percentile(http, 95) * 1000:.1f} ms"))
+    return g, h
+
+
+def noop_latency(report: Report, workdir: Path, repeats: int) -> Figure:
+    """The product's topology with executors that do nothing: what the hops alone cost."""
+    from jina import Client
+
+    grpc_port, http_port = free_port(), free_port()
+    os.environ.update({"NOOP_GRPC_PORT": str(grpc_port), "NOOP_HTTP_PORT": str(http_port),
+                       "CROSSMODAL_ROOT": str(ROOT)})
+    serve = ("from jina import Flow; "
+             f"Flow.load_config({str(ROOT / 'bench' / 'noop' / 'flow.yml')!r}).__enter__().block()")
+    with Server(workdir / "noop", grpc_port, http_port, command=[sys.executable, "-c", serve], ready="/search"):
+        g, _ = query_latency(report, Client(host="127.0.0.1", port=grpc_port), http_port, "no-op topology", repeats)
+    return g
+
+
+def executor_memory(report: Report) -> None:
+    """RSS of each encoder executor in its own process vs the full CLIP in one process."""
+    code = {
+        "text encoder executor": "from executors.clip_text.executor import ClipTextEncoder as E; e=E(model='%s', pretrained='none')",
+        "image encoder executor": "from executors.clip_image.executor import ClipImageEncoder as E; e=E(model='%s', pretrained='none')",
+        "full CLIP, one process": "import jina, open_clip, torch; torch.manual_seed(0); m=open_clip.create_model_and_transforms('%s')",
+    }
+    rss = {}
+    for name, snippet in code.items():
+        out = subprocess.run([sys.executable, "-c", (snippet % MODEL) + "; import os; from bench.common import rss_mb; "
+                              "print('RSS', rss_mb(os.getpid()))"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+        rss[name] = float(re.search(r"RSS ([\d.]+)", out.stdout).group(1))
+        report.add(Figure(f"RSS {name}", rss[name], "MB"))
+    both = rss["text encoder executor"] + rss["image encoder executor"]
+    ratio = both / rss["full CLIP, one process"]
+    report.add(Figure("two encoders / one full CLIP (RSS)", ratio, "x", target="<= 1.3x", ratio=ratio, passed=ratio <= 1.3))
+
+
+def baseline(report: Report, client, http_port: int, texts: list[str], images: list[bytes], repeats: int) -> None:
+    """Seed-service design (one item per request) vs our batched /index, same items, same model."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.baseline_flask", str(port)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        items = [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)] + [
+            {"id": f"i{i}", "image": base64.b64encode(b).decode()} for i, b in enumerate(images)]
+        start = time.time()
+        for item in items:
+            post(port, "/add", item)
+        theirs = report.add(Figure(f"baseline Flask: index {len(items)} items one per request",
+                                   len(items) / (time.time() - start), "items/s"))
+        docs = [ContentDoc(id=f"bt{i}", owner="bench", modality="text", text=t) for i, t in enumerate(texts)] + [
+            ContentDoc(id=f"bi{i}", owner="bench", modality="image", blob=b) for i, b in enumerate(images)]
+        start = time.time()
+        client.post("/index", DocList[ContentDoc](docs), request_size=32, return_type=DocList[ContentDoc])
+        ours = report.add(Figure(f"ours: /index {len(docs)} items, batched over gRPC",
+                                 len(docs) / (time.time() - start), "items/s"))
+        report.ratio("batched indexing / baseline", ours, theirs, ">= 3x", 3.0)
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            post(port, "/search", {"text": SHORT_QUERY, "k": 10})
+            samples.append(time.perf_counter() - start)
+        theirs_q = report.add(figure("baseline Flask: text query p50 over HTTP", samples, "ms", scale=1000))
+        return theirs_q
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(30)
+
+
+def run(report: Report, quick: bool, text_encode_ms: float) -> dict:
+    from jina import Client
+
+    repeats = 20 if quick else 50
+    n_items = 100_000
+    with tempfile.TemporaryDirectory(prefix="crossmodal-bench-") as tmp:
+        tmp = Path(tmp)
+        index_rate(report, tmp, 32 if quick else 128)
+        workspace = tmp / "ws-100k"
+        populate(workspace, n_items)
+        search = search_alone(report, workspace)
+        executor_memory(report)
+        server = Server(workspace, free_port(), free_port(), "--model", MODEL, "--pretrained", "none")
+        start = time.time()
+        with server:  # ready once /stats answers through the Flow
+            report.add(Figure(f"start-up: app.py -t query to first answer ({n_items:,} items)",
+                              time.time() - start, "s"))
+            client = Client(host="127.0.0.1", port=server.grpc_port)
+            grpc, http = query_latency(report, client, server.http_port, f"Flow @ {n_items:,} items", repeats)
+            theirs_q = baseline(report, client, server.http_port,
+                                [f"a photo number {i} of shapes" for i in range(64 if quick else 256)],
+                                sample_images(8 if quick else 32, seed=3), repeats)
+        ratio = theirs_q.median / http.median
+        report.add(Figure("search p50: baseline / ours (HTTP)", ratio, "x", target=">= 1x (ours no slower)",
+                          ratio=ratio, passed=ratio >= 1.0, note=f"ours searches {n_items:,} items"))
+        noop = noop_latency(report, tmp, repeats)
+    overhead = grpc.median - text_encode_ms - search.median
+    report.add(Figure("Flow overhead over gRPC (e2e - encoder - search)", overhead, "ms", target="<= 20 ms",
+                      ratio=overhead, passed=overhead <= 20, note=f"no-op topology p50 {noop.median:.1f} ms"))
+    return {"overhead_ms": overhead}

@@ -1,0 +1,58 @@
+"""Run every benchmark, print a table, write bench/results.json.
+
+    python -m bench [--quick] [--only encoders,vectors,flow]
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench import common
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def table(figures: list[common.Figure]) -> str:
+    lines = ["| figure | median | p25–p75 | target | result |", "|---|---|---|---|---|"]
+    for f in figures:
+        spread = "" if f.spread[0] != f.spread[0] else f"{f.spread[0]:.4g}–{f.spread[1]:.4g}"
+        result = "" if f.passed is None else ("PASS" if f.passed else "FAIL")
+        note = f" ({f.note})" if f.note else ""
+        lines.append(f"| {f.name}{note} | {f.median:.4g} {f.unit} | {spread} | {f.target} | {result} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes on 2 cores")
+    parser.add_argument("--only", default="encoders,vectors,flow")
+    args = parser.parse_args(argv)
+    wanted = args.only.split(",")
+    report, started = common.Report(), time.time()
+    print("ViT-B-32 with random weights (pretrained ones cannot be downloaded here): "
+          "the architecture, hence the cost, is the real one.")
+    text_ms = None
+    if "encoders" in wanted:
+        from bench import encoders
+        text_ms = encoders.run(report, args.quick)["text_encode_ms"]
+    if "vectors" in wanted:
+        from bench import vectors
+        vectors.run(report, args.quick)
+    if "flow" in wanted:
+        from bench import flow
+        if text_ms is None:
+            from bench.encoders import text_latency
+            text_ms = text_latency(report)[1].median
+        flow.run(report, args.quick, text_ms)
+    rendered = table(report.figures)
+    print("\n" + rendered)
+    RESULTS.write_text(json.dumps({"machine": common.machine(), "quick": args.quick,
+                                   "figures": [f.row() for f in report.figures], "table": rendered}, indent=1))
+    failed = [f.name for f in report.figures if f.passed is False]
+    print(f"\n{len(report.figures)} figures in {time.time() - started:.0f}s, "
+          f"{sum(f.passed is True for f in report.figures)} targets met, {len(failed)} missed; wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

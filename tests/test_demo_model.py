@@ -1,0 +1,50 @@
+"""The shipped demo model loads through open_clip's standard path and has learned the shapes."""
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from crossmodal.datagen import generate_dataset
+from crossmodal.finetune import read_captions
+from crossmodal.metrics import precision_at_k
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+CHECKPOINT = MODELS / "demo-clip.pt"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    if not CHECKPOINT.is_file():
+        pytest.skip(f"{CHECKPOINT} not built yet (see models/README.md)")
+    open_clip.add_model_config(MODELS)
+    model, _, preprocess = open_clip.create_model_and_transforms("demo-clip", pretrained=str(CHECKPOINT))
+    return model.eval(), preprocess, open_clip.get_tokenizer("demo-clip")
+
+
+def test_checkpoint_is_a_small_plain_state_dict():
+    if not CHECKPOINT.is_file():
+        pytest.skip(f"{CHECKPOINT} not built yet (see models/README.md)")
+    assert CHECKPOINT.stat().st_size <= 25 * 2**20
+    state = torch.load(CHECKPOINT, weights_only=True)  # no pickled code
+    assert "logit_scale" in state and "visual.conv1.weight" in state
+
+
+def test_captions_retrieve_their_own_images_on_unseen_data(demo, tmp_path):
+    model, preprocess, tokenizer = demo
+    # seed 77 is used by no training run; 6 captions x 10 images, so chance P@10 is 1/6
+    data = generate_dataset(tmp_path, n_images=60, seed=77, n_distinct=6, progress=False)
+    rows = read_captions(data / "captions.csv", data / "images")
+    captions = np.array([c for _, c in rows])
+    queries = sorted(set(captions))
+    with torch.no_grad():
+        images = model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p, _ in rows]),
+                                    normalize=True).numpy()
+        texts = model.encode_text(tokenizer(queries), normalize=True).numpy()
+    precision = [precision_at_k(captions[np.argsort(-(images @ t))] == q, 10) for q, t in zip(queries, texts)]
+    assert np.mean(precision) >= 0.8, dict(zip(queries, precision))
+    # image -> caption: the best-scoring of the 6 captions is the image's own for most images
+    accuracy = np.mean(np.array(queries)[np.argmax(images @ texts.T, axis=1)] == captions)
+    assert accuracy >= 0.8

@@ -1,0 +1,295 @@
+"""The web page at /ui/, driven in a real headless Chromium against a real service.
+
+One service (``app.py -t query``, tiny random CLIP) and one browser per module; each
+test gets a fresh browser context, so its own localStorage. What the page shows is
+compared with what the HTTP API answers for the same request. Screenshots go to
+tests/artifacts/ for people to look at.
+"""
+import base64
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL, free_port, png_bytes
+from crossmodal.launcher import Server, http_post
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+expect = sync_api.expect
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: apt-get install -y chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+COLORS = {"red": (220, 30, 40), "orange": (245, 140, 20), "yellow": (240, 210, 20),
+          "green": (30, 170, 70), "blue": (40, 80, 220), "purple": (140, 50, 190)}
+CAPTIONS = {
+    "carol": ["a red square on white", "an orange block", "a yellow box in the sun",
+              "green squares in a row", "a blue tile", "purple rectangles"],
+    "dave": ["a red ball", "orange circles everywhere", "a round yellow lemon",
+             "a green circle", "blue dots on paper", "a purple disc"],
+}
+K = 12
+
+
+def picture(color: str, shape: str) -> bytes:
+    return png_bytes(COLORS[color], size=(160, 120), shape=shape)
+
+
+def data_uri(blob: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(blob).decode()
+
+
+def content() -> list[dict]:
+    """carol posts squares and square captions, dave circles and round ones."""
+    docs = []
+    for owner, shape in (("carol", "rect"), ("dave", "circle")):
+        docs += [{"id": f"{owner}-img-{c}", "owner": owner, "modality": "image", "uri": data_uri(picture(c, shape))}
+                 for c in COLORS]
+        docs += [{"id": f"{owner}-txt-{i}", "owner": owner, "modality": "text", "text": t}
+                 for i, t in enumerate(CAPTIONS[owner])]
+    return docs
+
+
+class Service:
+    def __init__(self, server: Server):
+        self.server = server
+        self.base = f"http://127.0.0.1:{server.http_port}"
+        self.url = f"{self.base}/ui/"
+
+    def post(self, endpoint: str, data: list, **parameters) -> dict:
+        status, body = http_post(self.server.http_port, endpoint, data, parameters)
+        assert status == 200, body
+        return body["data"]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("ui") / "workspace"
+    server = Server(workspace, free_port(), free_port(), "--model", TINY_MODEL, "--pretrained", "none").start()
+    try:
+        svc = Service(server)
+        assert {d["status"] for d in svc.post("/index", content())} == {"indexed"}
+        yield svc
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, service):
+    """A fresh context on /ui/; fails the test on uncaught script errors or CSP violations."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems = []
+    page.on("pageerror", lambda err: problems.append(f"uncaught: {err}"))
+    page.on("console", lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page.goto(service.url)
+    expect(page.locator("#service")).to_have_attribute("data-state", "online")
+    yield page
+    context.close()
+    assert not problems, problems
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"ui-{name}.png"), full_page=True)
+
+
+def be(page, user: str) -> None:
+    page.fill("#user", user)
+    page.press("#user", "Tab")  # 'change' fires when the field loses focus
+
+
+def wait_results(page, endpoint: str, action) -> None:
+    """Run ``action`` and wait until the page has rendered the answer it triggers."""
+    with page.expect_response(f"**{endpoint}"):
+        action()
+    container = "#foryou-results" if endpoint == "/recommend" else "#search-results"
+    expect(page.locator(container)).to_have_attribute("aria-busy", "false")
+
+
+def search_text(page, text: str) -> None:
+    page.fill("#q", text)
+    wait_results(page, "/search", lambda: page.press("#q", "Enter"))
+
+
+def shown_ids(page, kind: str, root: str = "#search-results") -> list[str]:
+    return page.locator(f"{root} [data-kind={kind}] [data-id]:visible").evaluate_all(
+        "items => items.map(item => item.dataset.id)")
+
+
+def api_ids(service, query: dict, username: str, kind: str) -> list[str]:
+    [doc] = service.post("/search", [{"id": "q", **query}], k=K, username=username)
+    return [m["id"] for m in doc[f"{kind}_matches"]]
+
+
+def test_browsers_opening_root_land_on_the_page_and_health_check_stays(page, service):
+    request = urllib.request.Request(service.base + "/", headers={"Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read()) == {}  # Jina's health check, for every non-browser client
+    page.goto(service.base + "/")
+    assert page.url == service.url
+    expect(page).to_have_title("crossmodal · search texts and images together")
+    expect(page.locator("#service")).to_contain_text("tiny-clip")
+    expect(page.locator("#service")).to_contain_text("12 texts · 12 images")
+
+
+def test_text_query_shows_thumbnails_and_texts_in_service_order(page, service):
+    be(page, "erin")
+    search_text(page, "a red square")
+    images = page.locator("#search-results [data-kind=image] img")
+    expect(images).to_have_count(K)
+    assert all(src.startswith("data:image/jpeg;base64,") for src in
+               images.evaluate_all("imgs => imgs.map(i => i.src)"))
+    assert images.evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
+    assert shown_ids(page, "image") == api_ids(service, {"text": "a red square"}, "erin", "image")
+    assert shown_ids(page, "text") == api_ids(service, {"text": "a red square"}, "erin", "text")
+    shot(page, "search-text")
+
+
+def test_uploaded_image_finds_its_exact_duplicate_first(page, service):
+    be(page, "erin")
+    upload = {"name": "blue.png", "mimeType": "image/png", "buffer": picture("blue", "circle")}
+    wait_results(page, "/search", lambda: page.set_input_files("#q-file", upload))
+    first = page.locator("#search-results [data-kind=image] [data-id]").first
+    expect(first).to_have_attribute("data-id", "dave-img-blue")
+    expect(first.locator(".score")).to_have_text("1.00")
+    assert float(first.get_attribute("data-score")) > 0.9999  # the same bytes: the same embedding
+    expect(page.locator("#query-image-label")).to_have_text("blue.png")
+    shot(page, "search-image")
+
+
+def test_dropped_image_searches_and_result_click_searches_more_like_it(page, service):
+    be(page, "erin")
+    blob = base64.b64encode(picture("green", "rect")).decode()
+    drop = """async (b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], 'green.png', {type: 'image/png'}));
+        window.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, cancelable: true}));
+    }"""
+    wait_results(page, "/search", lambda: page.evaluate(drop, blob))
+    expect(page.locator("#search-results [data-kind=image] [data-id]").first).to_have_attribute("data-id", "carol-img-green")
+
+    text = page.locator("#search-results [data-kind=text] [data-id]").first
+    caption = text.locator(".text").inner_text()
+    text.locator("button").focus()
+    wait_results(page, "/search", lambda: page.keyboard.press("Enter"))  # results work from the keyboard
+    expect(page.locator("#q")).to_have_value(caption)
+    assert shown_ids(page, "text")[0] == text.get_attribute("data-id")  # the clicked text is its own best match
+
+
+def test_post_as_one_user_and_find_it_as_another(page, service):
+    be(page, "alice")
+    page.click("a[href='#post']")
+    page.fill("#post-text", "a purple elephant riding a bicycle")
+    with page.expect_response("**/index"):
+        page.click("#post-submit")
+    expect(page.locator("#post-status")).to_contain_text("Posted")
+    teal = png_bytes((40, 190, 190), size=(160, 120), shape="circle")  # nobody else posted this one
+    page.click("label[for=kind-image]")
+    page.set_input_files("#post-file", {"name": "teal.png", "mimeType": "image/png", "buffer": teal})
+    expect(page.locator("#post-preview")).to_be_visible()
+    with page.expect_response("**/index"):
+        page.click("#post-submit")
+    expect(page.locator("#my-posts .my-post")).to_have_count(2)
+    shot(page, "post")
+    text_id = page.locator("#my-posts .my-post:has(.text)").get_attribute("data-id")
+    image_id = page.locator("#my-posts .my-post:has(img)").get_attribute("data-id")
+    assert text_id.startswith("alice-") and image_id.startswith("alice-")
+
+    page.click("a[href='#search']")
+    search_text(page, "a purple elephant riding a bicycle")  # alice's own posts are left out
+    assert not {text_id, image_id} & set(shown_ids(page, "text") + shown_ids(page, "image"))
+
+    be(page, "bob")  # changing the user re-runs the search with bob's exclusions
+    first_text = page.locator("#search-results [data-kind=text] [data-id]").first
+    expect(first_text).to_have_attribute("data-id", text_id)
+    expect(first_text.locator(".owner")).to_have_text("@alice")
+    expect(first_text.locator(".score")).to_have_text("1.00")
+    wait_results(page, "/search", lambda: page.set_input_files(
+        "#q-file", {"name": "teal.png", "mimeType": "image/png", "buffer": teal}))
+    expect(page.locator("#search-results [data-kind=image] [data-id]").first).to_have_attribute("data-id", image_id)
+
+
+def test_cutoff_slider_hides_results_below_it(page, service):
+    be(page, "erin")
+    search_text(page, "blue dots")
+    items = page.locator("#search-results [data-score]")
+    scores = sorted(float(s) for s in items.evaluate_all("items => items.map(i => i.dataset.score)"))
+    assert len(scores) == 2 * K and scores[0] < scores[-1]
+    slider = page.locator("#cutoff")
+    low, step = float(slider.get_attribute("min")), float(slider.get_attribute("step"))
+    middle = scores[len(scores) // 2]
+    slider.focus()
+    for _ in range(int((middle - low) / step)):
+        page.keyboard.press("ArrowRight")
+    threshold = float(slider.input_value())
+    visible = [float(s) for s in page.locator("#search-results [data-score]:visible").evaluate_all(
+        "items => items.map(i => i.dataset.score)")]
+    assert sorted(visible) == [s for s in scores if s >= threshold]
+    assert 0 < len(visible) < len(scores)
+    expect(page.locator("#cutoff-value")).to_have_text(f"≥ {threshold:.2f} · {len(scores) - len(visible)} hidden")
+    shot(page, "cutoff")
+    page.keyboard.press("Home")
+    expect(page.locator("#search-results [data-score]:visible")).to_have_count(len(scores))
+
+
+def test_recommendations_are_grouped_by_the_interest_they_come_from(page, service):
+    be(page, "carol")
+    wait_results(page, "/recommend", lambda: page.click("a[href='#foryou']"))
+    [doc] = service.post("/recommend", [{"id": "r"}], username="carol", k=K)
+    expected = {}
+    for group in (doc["from_text"], doc["from_image"]):
+        for match in group["text_matches"] + group["image_matches"]:
+            expected.setdefault(match["seed"], set()).add(match["id"])
+    assert expected, "carol has posts: the service should recommend something"
+    cards = page.locator("#foryou-results .interest")
+    shown = {card.get_attribute("data-seed"): set(card.locator("[data-id]").evaluate_all(
+        "items => items.map(i => i.dataset.id)")) for card in cards.all()}
+    assert shown == expected
+    assert not page.locator("#foryou-results .owner", has_text="@carol").count()
+    shot(page, "recommend")
+
+    be(page, "nobody")
+    expect(page.locator("#foryou-results .notice.empty")).to_contain_text("no posts yet")
+
+
+def test_service_errors_show_their_detail(page, service):
+    broken = {"name": "broken.png", "mimeType": "image/png", "buffer": b"not a picture"}
+    wait_results(page, "/search", lambda: page.set_input_files("#q-file", broken))
+    expect(page.locator("#search-results .notice.error")).to_contain_text("could not use this query: uri:")
+
+    page.fill("#k", "0")
+    search_text(page, "anything")
+    expect(page.locator("#search-results .notice.error")).to_contain_text("parameter 'k' must be in 1..1000, got 0")
+    shot(page, "error")
+
+
+def test_unreachable_service_is_reported(browser, service):
+    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+    try:
+        page = context.new_page()
+        page.goto(f"{service.url}?api=http://127.0.0.1:{free_port()}")
+        expect(page.locator("#offline")).to_contain_text("Cannot reach the crossmodal service")
+        expect(page.locator("#service")).to_have_attribute("data-state", "offline")
+        page.fill("#q", "red")
+        page.press("#q", "Enter")
+        expect(page.locator("#search-results .notice.offline")).to_contain_text("python app.py -t query")
+        shot(page, "offline-phone")
+    finally:
+        context.close()
