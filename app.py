@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="finetune: output folder; eval: JSON report path")
+    p.add_argument("--relevance", choices=["caption", "pair"], default="caption",
+                   help="eval: relevant = same caption text (generated data) or the image's own captions (Flickr)")
     return p.parse_args(argv)
 
 
@@ -129,7 +131,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.data is None:
         sys.exit("-t eval needs --data DIR (captions.csv + images/)")
     evaluate(args.data / "captions.csv", args.data / "images", args.model, args.pretrained, out_json=args.out,
-             batch_size=args.batch_size, device=args.device)
+             relevance=args.relevance, batch_size=args.batch_size, device=args.device)
     return 0
 
 

@@ -60,18 +60,20 @@ def index_rate(report: Report, workdir: Path, count: int) -> Figure:
 
 
 def populate(workspace: Path, n: int) -> None:
-    """A store of n random unit vectors (half texts, half images) the indexer rebuilds FAISS from."""
+    """A store of n clustered unit vectors (half texts, half images), 200 posts per user.
+
+    The indexer rebuilds FAISS from it at start-up, as after a restart without saved indexes.
+    """
+    from bench.vectors import clustered
     from crossmodal import clip_model
     from crossmodal.store import Item, Store
 
     spec = clip_model.resolve(MODEL, "none")
     store = Store(workspace)
     store.bind_model(spec.label, 512)
-    rng = np.random.default_rng(0)
     for start in tqdm(range(0, n, 10_000), desc="populating store", unit="x10k"):
-        x = rng.normal(size=(min(10_000, n - start), 512)).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        store.upsert([Item(f"item{start + i}", f"user{(start + i) % 1000}", ("text", "image")[i % 2], v,
+        x = clustered(min(10_000, n - start), seed=start)
+        store.upsert([Item(f"item{start + i}", f"user{(start + i) % (n // 200)}", ("text", "image")[i % 2], v,
                            text=f"synthetic {start + i}") for i, v in enumerate(x)])
     store.close()
 
@@ -115,6 +117,21 @@ def query_latency(report: Report, client, http_port: int, label: str, repeats: i
     h = report.add(figure(f"{label} query p50 over HTTP", http, "ms", scale=1000,
                           note=f"p95 {np.percentile(http, 95) * 1000:.1f} ms"))
     return g, h
+
+
+def recommend_latency(report: Report, client, search_grpc: Figure, repeats: int) -> Figure:
+    """/recommend for a user with 200 posts, against one /search of the same k."""
+    docs = DocList[ContentDoc]([ContentDoc(id="r")])
+    samples = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        client.post("/recommend", docs, parameters={"username": "user1", "k": 10}, return_type=DocList[ContentDoc])
+        if i >= 2:
+            samples.append(time.perf_counter() - start)
+    rec = report.add(figure("recommend p50 over gRPC (200 posts, k=10)", samples, "ms", scale=1000,
+                            note=f"p95 {np.percentile(samples, 95) * 1000:.1f} ms"))
+    report.add(Figure("recommend p50 / search p50", rec.median / search_grpc.median, "x"))
+    return rec
 
 
 def noop_latency(report: Report, workdir: Path, repeats: int) -> Figure:
@@ -207,6 +224,7 @@ def run(report: Report, quick: bool, text_encode_ms: float) -> dict:
                               time.time() - start, "s"))
             client = Client(host="127.0.0.1", port=server.grpc_port)
             grpc, http = query_latency(report, client, server.http_port, f"Flow @ {n_items:,} items", repeats)
+            recommend_latency(report, client, grpc, repeats)
             theirs_q = baseline(report, client, server.http_port,
                                 [f"a photo number {i} of shapes" for i in range(64 if quick else 256)],
                                 sample_images(8 if quick else 32, seed=3), repeats)
