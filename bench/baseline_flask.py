@@ -1,8 +1,9 @@
 """The seed service's design, rebuilt minimally: Flask, one item encoded and added per request.
 
-    python -m bench.baseline_flask PORT
+    python -m bench.baseline_flask PORT [VECTORS.npy]
 
-Same model (ViT-B-32, seeded random weights) and a FAISS IndexFlatIP, as the seed service had.
+Same model (ViT-B-32, seeded random weights) and a FAISS IndexFlatIP, as the seed service had;
+VECTORS.npy pre-loads the index so that its searches scan as many items as ours.
 """
 import base64
 import io
@@ -21,6 +22,9 @@ MODEL.eval()
 TOKENIZER = open_clip.get_tokenizer("ViT-B-32")
 INDEX = faiss.IndexFlatIP(512)
 IDS: list[str] = []
+if len(sys.argv) > 2:
+    INDEX.add(np.load(sys.argv[2]))
+    IDS.extend(f"pre{i}" for i in range(INDEX.ntotal))
 app = Flask(__name__)
 
 

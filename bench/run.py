@@ -31,10 +31,11 @@ def main(argv=None) -> int:
     report, started = common.Report(), time.time()
     print("ViT-B-32 with random weights (pretrained ones cannot be downloaded here): "
           "the architecture, hence the cost, is the real one.")
-    text_ms = None
+    text_ms, plain = None, None
     if "encoders" in wanted:
         from bench import encoders
-        text_ms = encoders.run(report, args.quick)["text_encode_ms"]
+        measured = encoders.run(report, args.quick)
+        text_ms, plain = measured["text_encode_ms"], measured["plain"]
     if "vectors" in wanted:
         from bench import vectors
         vectors.run(report, args.quick)
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
         if text_ms is None:
             from bench.encoders import text_latency
             text_ms = text_latency(report)[1].median
-        flow.run(report, args.quick, text_ms)
+        flow.run(report, args.quick, text_ms, plain)
     rendered = table(report.figures)
     print("\n" + rendered)
     RESULTS.write_text(json.dumps({"machine": common.machine(), "quick": args.quick,

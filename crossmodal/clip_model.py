@@ -207,8 +207,12 @@ def load_image_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> To
 
 def load_text_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
     """Load the model and drop ``visual``: only the text tower stays in memory."""
+    from crossmodal.cpu_layout import relayout_text_tower
+
     dev = pick_device(device)
     model, _ = _create(spec, dev, seed)
     del model.visual
+    if dev.type == "cpu":
+        relayout_text_tower(model)
     gc.collect()
     return Tower(model, open_clip.get_tokenizer(spec.name), spec, dev, embed_dim(spec))

@@ -73,8 +73,13 @@ def image_bytes(blob: Optional[bytes], uri: Optional[str], limits: ImageLimits) 
     return _from_path(uri, limits)
 
 
-def decode(data: bytes, limits: ImageLimits, field: str = "blob") -> Image.Image:
-    """Decode to RGB with EXIF orientation applied; the first frame of animations."""
+def decode(data: bytes, limits: ImageLimits, field: str = "blob", min_size: Optional[int] = None) -> Image.Image:
+    """Decode to RGB with EXIF orientation applied; the first frame of animations.
+
+    ``min_size``: JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides
+    stay at least this large (libjpeg's DCT scaling): a 12 MP photo that the model
+    sees at 224 px then decodes many times faster.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -85,6 +90,8 @@ def decode(data: bytes, limits: ImageLimits, field: str = "blob") -> Image.Image
                     f"{field}: {width}x{height} pixels exceeds max_pixels={limits.max_pixels}"
                 )
             image.seek(0)
+            if min_size and image.format == "JPEG":
+                image.draft("RGB", (min_size, min_size))
             image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
     except ImageInputError:

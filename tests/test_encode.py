@@ -16,8 +16,10 @@ def text_tower():
 
 
 def _open_clip_reference(tower, texts):
+    """open_clip's own full-context encode_text on the same (seeded) weights, untouched."""
+    model, _ = clip_model._create(tower.spec, torch.device("cpu"), seed=0)
     with torch.inference_mode():
-        full = tower.module.encode_text(tower.transform(texts))
+        full = model.encode_text(tower.transform(texts))
     return torch.nn.functional.normalize(full, dim=-1).numpy()
 
 
@@ -31,6 +33,19 @@ def test_truncated_context_matches_open_clip_vit_b32():
     tower = clip_model.load_text_tower(clip_model.resolve("ViT-B-32", "none"))
     ours = encode_texts(tower, TEXTS[:3])
     assert ((ours * _open_clip_reference(tower, TEXTS[:3])).sum(axis=1) >= 0.9999).all()
+
+
+def test_cpu_layout_computes_the_same_transformer():
+    """The in/out weight layout is exact, batched and padded inputs included."""
+    from crossmodal.cpu_layout import relayout_text_tower
+
+    model, _ = clip_model._create(clip_model.resolve(TINY_MODEL, "none"), torch.device("cpu"), seed=3)
+    tokens = clip_model.load_text_tower(clip_model.resolve(TINY_MODEL, "none")).transform(TEXTS)
+    with torch.inference_mode():
+        before = model.encode_text(tokens)
+        assert type(relayout_text_tower(model).transformer.resblocks[0].attn).__name__ == "InOutSelfAttention"
+        after = model.encode_text(tokens)
+    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
 
 
 def test_embeddings_are_unit_float32_and_towers_are_split(text_tower):

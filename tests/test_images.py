@@ -88,3 +88,13 @@ def test_thumbnail_is_a_small_jpeg():
     uri = thumbnail_data_uri(Image.new("RGB", (1000, 500), "green"), size=256)
     thumb = Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2])))
     assert uri.startswith("data:image/jpeg;base64,") and max(thumb.size) == 256
+
+
+def test_large_jpeg_decodes_at_reduced_scale_but_never_below_min_size():
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1600), (200, 40, 40)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    assert decode(data, ImageLimits()).size == (2000, 1600)
+    assert decode(data, ImageLimits(), min_size=256).size == (500, 400)  # 1/4: 1/8 would be under 256
+    small = png_bytes(size=(600, 500))
+    assert decode(small, ImageLimits(), min_size=64).size == (600, 500)  # PNG: no DCT scaling

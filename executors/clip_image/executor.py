@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 
 import torch
 from docarray import DocList
+from open_clip.utils import to_2tuple
 from jina import Executor, requests
 
 from crossmodal import clip_model
@@ -27,13 +28,15 @@ class ClipImageEncoder(Executor):
         roots = [data_roots] if isinstance(data_roots, str) else list(data_roots or ())
         self.limits = ImageLimits(max_bytes, max_pixels, tuple(r for r in roots if r))
         self.thumbnail_size = thumbnail_size
+        # JPEGs decode at reduced scale, never below what the model or the thumbnail needs
+        self.decode_min_size = max(thumbnail_size, *to_2tuple(getattr(self.tower.module, "image_size", 224)))
         self.pool = ThreadPoolExecutor(decode_threads)
 
     def _prepare(self, doc: ContentDoc, with_thumbnail: bool):
         """Decode and preprocess one document; errors stay on the document."""
         try:
             image = decode(image_bytes(doc.blob, doc.uri, self.limits), self.limits,
-                           field="blob" if doc.blob else "uri")
+                           field="blob" if doc.blob else "uri", min_size=self.decode_min_size)
         except ImageInputError as err:
             mark_error(doc, str(err))
             return None
