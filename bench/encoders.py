@@ -97,9 +97,9 @@ def text_latency(report: Report, repeats: int = 20) -> tuple[Figure, Figure]:
     return full_fig, ours_fig
 
 
-def run(report: Report, quick: bool) -> dict:
+def run(report: Report, quick: bool) -> dict[str, Figure]:
     images = sample_images(32 if quick else 64)
     matmul_gflops(report)
     plain, _ = image_encoders(report, images, (8, 16) if quick else (8, 16, 32, 64), 4 if quick else 8)
     _, text = text_latency(report, 10 if quick else 30)
-    return {"plain": plain, "text_encode_ms": text.median}
+    return {"plain": plain, "text": text}

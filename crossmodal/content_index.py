@@ -27,8 +27,9 @@ class IndexConfig:
     model: str  # the label recorded in the workspace
     dim: int
     factory: str = "Flat"
-    ef_search: int = 128
+    ef_search: int = 256  # HNSW/IVF knobs: see VectorIndex
     nprobe: int = 16
+    ef_construction: int = 80
     rebuild_tombstone_ratio: float = 0.25
 
 
@@ -59,7 +60,8 @@ class ContentIndex:
         return self.config.workspace / f"faiss-{modality}.index"
 
     def _vector_params(self) -> dict:
-        return {"ef_search": self.config.ef_search, "nprobe": self.config.nprobe}
+        return {"ef_search": self.config.ef_search, "nprobe": self.config.nprobe,
+                "ef_construction": self.config.ef_construction}
 
     def _open_vectors(self, modality: str) -> VectorIndex:
         cfg = self.config

@@ -289,7 +289,8 @@ def test_unreachable_service_is_reported(browser, service):
         expect(page.locator("#service")).to_have_attribute("data-state", "offline")
         page.fill("#q", "red")
         page.press("#q", "Enter")
-        expect(page.locator("#search-results .notice.offline")).to_contain_text("python app.py -t query")
+        expect(page.locator("#search-results .notice.offline")).to_contain_text("The service is not reachable")
+        expect(page.locator("#offline")).to_contain_text("python app.py -t query")  # said once, in the banner
         shot(page, "offline-phone")
     finally:
         context.close()

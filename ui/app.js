@@ -144,8 +144,9 @@
   function errorNotice(err, retry) {
     const offline = err.kind === 'unreachable';
     const retryButton = retry ? h('button', { type: 'button', class: 'ghost', onclick: retry }, 'Try again') : null;
+    // Unreachable: the banner at the top already says why and how to start the service.
     return notice(offline ? 'offline' : 'error', offline ? 'The service is not reachable' : 'Something went wrong',
-      err.message || String(err), retryButton);
+      offline ? null : (err.message || String(err)), retryButton);
   }
 
   function setBusy(container, busy) {

@@ -41,11 +41,13 @@ class CrossmodalIndexer(Executor):
 
     def __init__(self, workspace_dir: str = "workspace", model: Optional[str] = None,
                  pretrained: Optional[str] = None, index_factory: str = "Flat",
-                 ef_search: int = 128, nprobe: int = 16, max_text_chars: int = 10_000, **kwargs):
+                 ef_search: int = IndexConfig.ef_search, nprobe: int = IndexConfig.nprobe,
+                 ef_construction: int = IndexConfig.ef_construction, max_text_chars: int = 10_000, **kwargs):
         super().__init__(**kwargs)
         spec = clip_model.resolve(model or None, pretrained or None)
         self.index = ContentIndex(IndexConfig(
             Path(workspace_dir), spec.label, clip_model.embed_dim(spec), index_factory, ef_search, nprobe,
+            ef_construction=ef_construction,
         ))
         self.limits = ContentLimits(max_text_chars=max_text_chars)
 
