@@ -20,6 +20,8 @@ os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
 os.environ.setdefault("JINA_HIDE_SURVEY", "1")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # raised inside jina's deps
+# Jina imports the gateway's py_module again in its forked process and mistakes that for shadowing
+warnings.filterwarnings("ignore", message=r"(?s).*shadows one of built-in Python module name")
 
 from crossmodal.service import ROOT, ServiceConfig, free_port  # noqa: E402
 
