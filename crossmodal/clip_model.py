@@ -69,6 +69,9 @@ def _config_name(model: str) -> str:
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
+    """False when offline or told to be (Hugging Face's own ``HF_HUB_OFFLINE=1`` switch)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:

@@ -10,6 +10,7 @@ from crossmodal.service import free_port  # noqa: F401  (re-exported for the tes
 os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
 os.environ.setdefault("JINA_HIDE_SURVEY", "1")
 os.environ.setdefault("JINA_LOG_LEVEL", "ERROR")
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download weights, even where the hub is reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "tiny-clip"  # models/tiny-clip.json, random weights seeded by the loader
