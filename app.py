@@ -106,7 +106,7 @@ def run_query(args: argparse.Namespace) -> int:
               f"  HTTP : {base}   (OpenAPI docs: {base}/docs)\n"
               f"  Web  : {base}/ui/\n"
               f"  try  : curl -s -X POST {base}/search -H 'Content-Type: application/json' "
-              f"-d '{{\"data\": [{{\"id\": \"q1\", \"text\": \"two red circles\"}}], "
+              f"-d '{{\"data\": [{{\"id\": \"q1\", \"text\": \"two large red circles on a grey background\"}}], "
               f"\"parameters\": {{\"k\": 3, \"username\": \"alice\"}}}}'\n", flush=True)
         while not stop.wait(timeout=0.5):  # see stop_on_signals
             pass

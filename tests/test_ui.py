@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_MODEL, free_port, png_bytes
-from crossmodal.launcher import Server, http_post
+from tests.conftest import free_port, png_bytes
+from crossmodal.launcher import Server, http_post, run_app
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
 expect = sync_api.expect
@@ -34,6 +34,8 @@ CAPTIONS = {
              "a green circle", "blue dots on paper", "a purple disc"],
 }
 K = 12
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+DEMO_MODEL = ("--model", "demo-clip")  # the shipped checkpoint: results mean something
 
 
 def picture(color: str, shape: str) -> bytes:
@@ -69,8 +71,11 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
+    """The shipped demo data and demo model, as `make run` serves them, plus carol's and dave's posts."""
     workspace = tmp_path_factory.mktemp("ui") / "workspace"
-    server = Server(workspace, free_port(), free_port(), "--model", TINY_MODEL, "--pretrained", "none").start()
+    indexed = run_app("-t", "index", "--data", str(DEMO), "--workspace", str(workspace), *DEMO_MODEL)
+    assert indexed.returncode == 0, indexed.stderr[-2000:]
+    server = Server(workspace, free_port(), free_port(), *DEMO_MODEL).start()
     try:
         svc = Service(server)
         assert {d["status"] for d in svc.post("/index", content())} == {"indexed"}
@@ -144,20 +149,36 @@ def test_browsers_opening_root_land_on_the_page_and_health_check_stays(page, ser
     page.goto(service.base + "/")
     assert page.url == service.url
     expect(page).to_have_title("crossmodal · search texts and images together")
-    expect(page.locator("#service")).to_contain_text("tiny-clip")
-    expect(page.locator("#service")).to_contain_text("12 texts · 12 images")
+    [stats] = service.post("/stats", [])
+    count = stats["tags"]["count"]
+    assert count["image"] > 300 and count["text"] > 375  # the demo set and the posts above
+    expect(page.locator("#service")).to_contain_text("demo-clip")
+    expect(page.locator("#service")).to_contain_text(f"{count['text']} texts · {count['image']} images")
+
+
+def demo_captions() -> dict[str, str]:
+    """Caption of each demo image, by the id `app.py -t index` gives it."""
+    rows = (line.split(",") for line in (DEMO / "captions.csv").read_text().splitlines()[1:])
+    return {f"images/{image}": caption for image, caption, _ in rows}
 
 
 def test_text_query_shows_thumbnails_and_texts_in_service_order(page, service):
     be(page, "erin")
-    search_text(page, "a red square")
+    query = "one large red square on a white background"
+    search_text(page, query)
     images = page.locator("#search-results [data-kind=image] img")
     expect(images).to_have_count(K)
     assert all(src.startswith("data:image/jpeg;base64,") for src in
                images.evaluate_all("imgs => imgs.map(i => i.src)"))
     assert images.evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
-    assert shown_ids(page, "image") == api_ids(service, {"text": "a red square"}, "erin", "image")
-    assert shown_ids(page, "text") == api_ids(service, {"text": "a red square"}, "erin", "text")
+    assert shown_ids(page, "image") == api_ids(service, {"text": query}, "erin", "image")
+    assert shown_ids(page, "text") == api_ids(service, {"text": query}, "erin", "text")
+    # the demo model understands it: both images with exactly this caption in the top 3, and the
+    # top 5 all large red shapes on white (it is less sure of the shape than of colour and size)
+    captions = {**demo_captions(), "carol-img-red": "one large red square on a white background"}
+    top = [captions.get(i, "") for i in shown_ids(page, "image")[:5]]
+    assert top[:3].count(query) >= 2, top
+    assert all(c.startswith("one large red ") and c.endswith(" on a white background") for c in top), top
     shot(page, "search-text")
 
 
@@ -190,7 +211,8 @@ def test_dropped_image_searches_and_result_click_searches_more_like_it(page, ser
     text.locator("button").focus()
     wait_results(page, "/search", lambda: page.keyboard.press("Enter"))  # results work from the keyboard
     expect(page.locator("#q")).to_have_value(caption)
-    assert shown_ids(page, "text")[0] == text.get_attribute("data-id")  # the clicked text is its own best match
+    best = page.locator("#search-results [data-kind=text] [data-id]").first  # several posts may share it
+    expect(best.locator(".text")).to_have_text(caption)  # the clicked text is its own best match
 
 
 def test_post_as_one_user_and_find_it_as_another(page, service):
