@@ -1,13 +1,17 @@
 """Run every benchmark, print a table, write bench/results.json.
 
-    python -m bench [--quick] [--only encoders,vectors,flow]
+    python -m bench [--quick] [--only flow,encoders,vectors]
+    python bench/run.py [--quick]
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from bench import common
+if __package__ in (None, ""):  # `python bench/run.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
