@@ -22,10 +22,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from crossmodal.clip_model import MODELS_DIR, RANDOM_INIT, pick_device
+
 log = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-RANDOM_INIT = ("none", "random")
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp
 
 
@@ -152,8 +152,7 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
     config = config_name(model)
     if pretrained is not None and pretrained.lower() in RANDOM_INIT:
         pretrained = None
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device(device))
     torch.manual_seed(seed)
     clip, preprocess, model_cfg = _create(config, pretrained, device)
     data = CaptionPairs(read_captions(Path(captions_csv), Path(images_dir)), preprocess,
