@@ -34,17 +34,6 @@ def post(port: int, path: str, payload: dict, timeout: float = 120) -> dict:
         return json.loads(response.read())
 
 
-def wait_http(port: int, path: str, payload, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            post(port, path, payload, timeout=5)
-            return
-        except OSError:
-            time.sleep(0.25)
-    raise TimeoutError(f"nothing answered on 127.0.0.1:{port}{path}")
-
-
 def index_rate(report: Report, workdir: Path, count: int) -> Figure:
     """``app.py -t index`` on a folder of JPEGs: decode, preprocess, encode, store."""
     folder = workdir / "images"

@@ -15,12 +15,11 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+from crossmodal.service import JINA_QUIET, ROOT
 
 
 def app_env() -> dict:
-    return {**os.environ, "JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
-            "JINA_LOG_LEVEL": "ERROR", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, **JINA_QUIET, "PYTHONUNBUFFERED": "1"}
 
 
 def run_app(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -49,12 +48,12 @@ class Server:
     """
 
     def __init__(self, workspace: Path, grpc_port: int, http_port: int, *extra: str,
-                 command: Optional[list[str]] = None, ready: str = "/stats", banner: Optional[str] = None):
+                 command: Optional[list[str]] = None, ready: str = "/stats"):
         self.command = command or [sys.executable, str(ROOT / "app.py"), "-t", "query", "--workspace",
                                    str(workspace), "--grpc-port", str(grpc_port), "--http-port", str(http_port), *extra]
         self.grpc_port, self.http_port, self.ready = grpc_port, http_port, ready
         # app.py prints this once Flow.start() has returned: only then is Ctrl-C handled
-        self.banner = banner if command else "crossmodal is serving"
+        self.banner = None if command else "crossmodal is serving"
         self.proc: Optional[subprocess.Popen] = None
         self.log = Path(workspace).parent / f"server-{Path(workspace).name}.log"
 

@@ -115,8 +115,8 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
     Enter it after ``Flow.start``: the start leaves Python's default SIGINT handler
     installed and SIGTERM would kill the process without letting executors save.
-    The serving loop polls the event with a timeout, because an untimed wait (as in
-    ``Flow.block``) never wakes when one of gRPC's threads catches the signal.
+    The serving loop polls the event with a timeout rather than waiting untimed (as
+    ``Flow.block`` does), so a signal that another thread received is still acted on.
     """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
