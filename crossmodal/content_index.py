@@ -16,7 +16,7 @@ import numpy as np
 
 from crossmodal.schemas import MODALITIES
 from crossmodal.store import Item, Row, Store, WorkspaceLock
-from crossmodal.vector_index import VectorIndex
+from crossmodal.vector_index import EF_CONSTRUCTION, EF_SEARCH, NPROBE, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,9 @@ class IndexConfig:
     model: str  # the label recorded in the workspace
     dim: int
     factory: str = "Flat"
-    ef_search: int = 256  # HNSW/IVF knobs: see VectorIndex
-    nprobe: int = 16
-    ef_construction: int = 80
+    ef_search: int = EF_SEARCH  # HNSW/IVF knobs: see vector_index
+    nprobe: int = NPROBE
+    ef_construction: int = EF_CONSTRUCTION
     rebuild_tombstone_ratio: float = 0.25
 
 

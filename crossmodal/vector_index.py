@@ -24,6 +24,12 @@ class IndexConfigError(ValueError):
     """An index factory string FAISS cannot build."""
 
 
+# Defaults of the approximate index types (Flat ignores them). HNSW: recall@10 >= 0.95 at 1M
+# clustered 512-d vectors in ~1 ms (bench/vectors.py); faiss's own efConstruction of 40
+# builds a graph that stalls near 0.95 whatever efSearch.
+EF_SEARCH, EF_CONSTRUCTION, NPROBE = 256, 80, 16
+
+
 def _make(factory: str, dim: int) -> faiss.Index:
     try:
         return faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
@@ -39,10 +45,8 @@ def _nlist(index: faiss.Index) -> int:
 class VectorIndex:
     """Cosine search over unit vectors with per-query ID exclusion."""
 
-    # HNSW defaults: recall@10 >= 0.95 at 1M clustered 512-d vectors in ~1 ms (bench/vectors.py);
-    # faiss's own efConstruction of 40 builds a graph that stalls near 0.95 whatever efSearch.
-    def __init__(self, dim: int, factory: str = "Flat", ef_search: int = 256, nprobe: int = 16,
-                 ef_construction: int = 80):
+    def __init__(self, dim: int, factory: str = "Flat", ef_search: int = EF_SEARCH, nprobe: int = NPROBE,
+                 ef_construction: int = EF_CONSTRUCTION):
         self.dim, self.factory = dim, factory
         self.ef_search, self.nprobe, self.ef_construction = ef_search, nprobe, ef_construction
         self.index = _make(factory, dim)
