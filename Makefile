@@ -28,6 +28,7 @@ run: setup
 	$(BIN)/python app.py -t query
 
 test: setup browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: setup

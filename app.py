@@ -16,28 +16,32 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
-os.environ.setdefault("JINA_HIDE_SURVEY", "1")
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+from crossmodal.settings import JINA_QUIET, ServiceConfig  # noqa: E402  (imports nothing heavy)
+
+for _key, _value in {**JINA_QUIET, "GRPC_VERBOSITY": "ERROR"}.items():
+    os.environ.setdefault(_key, _value)
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # raised inside jina's deps
 # Jina imports the gateway's py_module again in its forked process and mistakes that for shadowing
 warnings.filterwarnings("ignore", message=r"(?s).*shadows one of built-in Python module name")
 
-from crossmodal.service import ROOT, ServiceConfig, free_port  # noqa: E402
+from crossmodal.serve.flow import free_port  # noqa: E402
+
+DEFAULTS = ServiceConfig()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-t", "--task", required=True, choices=["index", "query", "finetune", "eval"])
     p.add_argument("--data", type=Path, help="folder, caption table (image,caption[,owner]) or text file")
-    p.add_argument("--workspace", type=Path, default=ROOT / "workspace")
+    p.add_argument("--workspace", type=Path, default=DEFAULTS.workspace)
     p.add_argument("--model", help="open_clip model name or config .json (default ViT-B-32, else the demo model)")
     p.add_argument("--pretrained", help="pretrained tag, checkpoint path, or 'none' for random weights")
-    p.add_argument("--grpc-port", type=int, help="default 45679 for query, a free port otherwise")
-    p.add_argument("--http-port", type=int, help="default 45678 for query, a free port otherwise")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 to expose)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--index-factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF1024,Flat ...")
+    p.add_argument("--grpc-port", type=int, help=f"default {DEFAULTS.grpc_port} for query, a free port otherwise")
+    p.add_argument("--http-port", type=int, help=f"default {DEFAULTS.http_port} for query, a free port otherwise")
+    p.add_argument("--host", default=DEFAULTS.host, help="address to serve on (0.0.0.0 to expose)")
+    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--index-factory", default=DEFAULTS.index_factory,
+                   help="FAISS factory string: Flat, HNSW32, IVF1024,Flat ...")
     p.add_argument("--data-root", action="append", default=[], dest="data_roots",
                    help="folder whose images requests may name by local path (repeatable)")
     p.add_argument("--owner", default="demo", help="owner of items whose source names none")
@@ -56,8 +60,8 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
     serving = args.task == "query"
     return ServiceConfig(
         workspace=args.workspace, model=args.model, pretrained=args.pretrained,
-        grpc_port=args.grpc_port or (45679 if serving else free_port()),
-        http_port=args.http_port or (45678 if serving else free_port()),
+        grpc_port=args.grpc_port or (DEFAULTS.grpc_port if serving else free_port()),
+        http_port=args.http_port or (DEFAULTS.http_port if serving else free_port()),
         host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots),
     )
@@ -67,9 +71,9 @@ def run_index(args: argparse.Namespace) -> int:
     from docarray import DocList
     from tqdm import tqdm
 
-    from crossmodal.loaders import discover
-    from crossmodal.schemas import ContentDoc
-    from crossmodal.service import running_flow
+    from crossmodal.api.schemas import ContentDoc
+    from crossmodal.inputs.loaders import discover
+    from crossmodal.serve.flow import running_flow
 
     if args.data is None:
         sys.exit("-t index needs --data PATH")
@@ -96,7 +100,7 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from crossmodal.service import build_flow, started, stop_on_signals
+    from crossmodal.serve.flow import build_flow, started, stop_on_signals
 
     cfg = service_config(args)
     with started(build_flow(cfg)), stop_on_signals() as stop:
@@ -114,7 +118,7 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from crossmodal.finetune import finetune
+    from crossmodal.train.finetune import finetune
 
     if args.data is None or args.out is None:
         sys.exit("-t finetune needs --data DIR (captions.csv + images/) and --out DIR")
@@ -128,7 +132,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from crossmodal.evaluate import evaluate
+    from crossmodal.train.evaluate import evaluate
 
     if args.data is None:
         sys.exit("-t eval needs --data DIR (captions.csv + images/)")
@@ -140,8 +144,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from crossmodal.clip_model import ModelUnavailable
-    from crossmodal.store import WorkspaceError
+    from crossmodal.index.store import WorkspaceError
+    from crossmodal.model.resolve import ModelUnavailable
 
     task = {"index": run_index, "query": run_query, "finetune": run_finetune, "eval": run_eval}[args.task]
     try:

@@ -7,9 +7,10 @@ from docarray import DocList
 from PIL import Image
 
 from bench.common import Figure, Report, figure, repeat
-from crossmodal import clip_model
-from crossmodal.encode import encode_texts
-from crossmodal.schemas import ContentDoc
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.model.encode import encode_texts
+from crossmodal.model.resolve import resolve
+from crossmodal.model.towers import create_model, load_text_tower
 
 MODEL = "ViT-B-32"  # real architecture; random weights (pretrained ones cannot be had here)
 SHORT_QUERY = "two small red circles on a grey background"
@@ -46,6 +47,7 @@ def _interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
 def image_encoders(report: Report, images: list[bytes], batch_sizes, repeats: int) -> tuple[Figure, Figure]:
     """Plain open_clip encode_image (preprocessed tensors, best batch) vs our executor on bytes."""
     import open_clip
+
     from executors.clip_image.executor import ClipImageEncoder
 
     torch.manual_seed(0)
@@ -57,7 +59,7 @@ def image_encoders(report: Report, images: list[bytes], batch_sizes, repeats: in
         with torch.inference_mode():
             model.encode_image(pixels[:batch])
 
-    rates = {b: b / np.median(repeat(lambda: plain(b), 2)) for b in batch_sizes}
+    rates = {b: b / np.median(repeat(lambda b=b: plain(b), 2)) for b in batch_sizes}
     batch = max(rates, key=rates.get)
     encoder = ClipImageEncoder(model=MODEL, pretrained="none", batch_size=batch)
 
@@ -78,9 +80,9 @@ def image_encoders(report: Report, images: list[bytes], batch_sizes, repeats: in
 
 def text_latency(report: Report, repeats: int = 20) -> tuple[Figure, Figure]:
     """A short query: our encoder vs open_clip's own encode_text (full 77-token context)."""
-    spec = clip_model.resolve(MODEL, "none")
-    tower = clip_model.load_text_tower(spec)
-    reference, _ = clip_model._create(spec, torch.device("cpu"), seed=0)  # open_clip as it builds it
+    spec = resolve(MODEL, "none")
+    tower = load_text_tower(spec)
+    reference, _ = create_model(spec, torch.device("cpu"), seed=0)  # open_clip as it builds it
     tokens = tower.transform([SHORT_QUERY])
 
     def full():

@@ -1,6 +1,6 @@
 """The product through its Flow: indexing rate, query latency, hop overhead, memory, start-up, baseline.
 
-Every Flow runs in its own process (crossmodal.launcher): this process has run torch
+Every Flow runs in its own process (tests/harness.py): this process has run torch
 and FAISS already, and Jina forking executors from it could deadlock.
 """
 import base64
@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from bench.common import Figure, Report, figure
 from bench.encoders import MODEL, SHORT_QUERY, sample_images
-from crossmodal.launcher import ROOT, Server, app_env, run_app
-from crossmodal.schemas import ContentDoc
-from crossmodal.service import free_port
+from crossmodal.api.schemas import ContentDoc
+from tests.harness import ROOT, Server, app_env, free_port, run_app
 
 ENV = {**app_env(), "GRPC_VERBOSITY": "ERROR"}
 
@@ -55,10 +54,10 @@ def populate(workspace: Path, n: int, vectors_out: Path) -> None:
     indexes; the same vectors go to ``vectors_out`` for the baseline to search.
     """
     from bench.vectors import clustered
-    from crossmodal import clip_model
-    from crossmodal.store import Item, Store
+    from crossmodal.index.store import Item, Store
+    from crossmodal.model.resolve import resolve
 
-    spec = clip_model.resolve(MODEL, "none")
+    spec = resolve(MODEL, "none")
     store = Store(workspace)
     store.bind_model(spec.label, 512)
     chunks = []
@@ -73,10 +72,10 @@ def populate(workspace: Path, n: int, vectors_out: Path) -> None:
 
 def search_alone(report: Report, workspace: Path) -> Figure:
     """What the indexer does per text query: both modalities, k=10, rows fetched."""
-    from crossmodal.content_index import ContentIndex, IndexConfig
-    from crossmodal import clip_model
+    from crossmodal.index.content import ContentIndex, IndexConfig
+    from crossmodal.model.resolve import resolve
 
-    index = ContentIndex(IndexConfig(workspace, clip_model.resolve(MODEL, "none").label, 512))
+    index = ContentIndex(IndexConfig(workspace, resolve(MODEL, "none").label, 512))
     query = np.random.default_rng(1).normal(size=(1, 512)).astype(np.float32)
     query /= np.linalg.norm(query)
     samples = []
@@ -160,10 +159,12 @@ def executor_memory(report: Report) -> None:
     carries the torch + jina runtime, ~1 GB RSS of which ~0.5 GB shared libraries), and
     what loading the model added to it (the part a one-tower encoder can save).
     """
-    imports = "import jina, open_clip, torch; from crossmodal import clip_model, encode"
+    imports = "import jina, open_clip, torch; from crossmodal.model import encode, towers"
     load = {
-        "text encoder executor": "from executors.clip_text.executor import ClipTextEncoder as E; e=E(model=%r, pretrained='none')",
-        "image encoder executor": "from executors.clip_image.executor import ClipImageEncoder as E; e=E(model=%r, pretrained='none')",
+        "text encoder executor":
+            "from executors.clip_text.executor import ClipTextEncoder as E; e=E(model=%r, pretrained='none')",
+        "image encoder executor":
+            "from executors.clip_image.executor import ClipImageEncoder as E; e=E(model=%r, pretrained='none')",
         "full CLIP, one process": "torch.manual_seed(0); m=open_clip.create_model_and_transforms(%r)",
     }
     total, model = {}, {}

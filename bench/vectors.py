@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from bench.common import Figure, Report, figure
-from crossmodal.vector_index import VectorIndex
+from crossmodal.index.vectors import VectorIndex
 
 DIM = 512
 

@@ -3,14 +3,13 @@ import logging
 
 import pytest
 
-from crossmodal import clip_model
-from crossmodal.clip_model import ModelUnavailable
-from crossmodal.launcher import run_app
+from crossmodal.model.resolve import ModelUnavailable, resolve
+from tests.harness import run_app
 
 
 def test_default_model_falls_back_to_the_demo_model_with_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="crossmodal.clip_model"):
-        spec = clip_model.resolve(cache_dir=str(tmp_path))  # an empty cache: no ViT-B-32/openai here
+    with caplog.at_level(logging.WARNING, logger="crossmodal.model.resolve"):
+        spec = resolve(cache_dir=str(tmp_path))  # an empty cache: no ViT-B-32/openai here
     assert spec.name == "demo-clip" and spec.fallback
     assert spec.checkpoint.endswith("models/demo-clip.pt")
     assert "ViT-B-32/openai are not on this machine" in caplog.text
@@ -19,21 +18,21 @@ def test_default_model_falls_back_to_the_demo_model_with_a_warning(tmp_path, cap
 
 def test_an_explicit_model_never_falls_back(tmp_path):
     with pytest.raises(ModelUnavailable, match=r"ViT-B-32/openai .*--pretrained /path/to/checkpoint"):
-        clip_model.resolve("ViT-B-32", "openai", cache_dir=str(tmp_path))
+        resolve("ViT-B-32", "openai", cache_dir=str(tmp_path))
 
 
 def test_unknown_tag_and_missing_pretrained_say_what_to_pass():
     with pytest.raises(ModelUnavailable, match="known tags: .*openai"):
-        clip_model.resolve("ViT-B-32", "no-such-tag")
+        resolve("ViT-B-32", "no-such-tag")
     with pytest.raises(ModelUnavailable, match="--pretrained is required for ViT-B-32"):
-        clip_model.resolve("ViT-B-32")
+        resolve("ViT-B-32")
 
 
 def test_local_checkpoint_and_random_weights_resolve_without_network(tmp_path):
     checkpoint = tmp_path / "weights.pt"
     checkpoint.write_bytes(b"")
-    assert clip_model.resolve("ViT-B-32", str(checkpoint)).checkpoint == str(checkpoint)
-    assert clip_model.resolve("tiny-clip", "none").checkpoint is None
+    assert resolve("ViT-B-32", str(checkpoint)).checkpoint == str(checkpoint)
+    assert resolve("tiny-clip", "none").checkpoint is None
 
 
 def test_cli_reports_missing_weights_as_one_clear_line(tmp_path):

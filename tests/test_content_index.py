@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from crossmodal.content_index import ContentIndex, IndexConfig
-from crossmodal.store import Item, Store, WorkspaceError
-from tests.conftest import unit_rows
+from crossmodal.index.content import ContentIndex, IndexConfig
+from crossmodal.index.store import Item, Store, WorkspaceError
+from tests.harness import unit_rows
 
 DIM = 16
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossmodal.datagen import BACKGROUNDS, COLOURS, SceneSpec, generate_dataset, render, sample_specs
+from crossmodal.train.datagen import BACKGROUNDS, COLOURS, SceneSpec, generate_dataset, render, sample_specs
 
 
 def _digest(folder: Path) -> str:
@@ -22,7 +22,8 @@ def _digest(folder: Path) -> str:
 def test_caption_uses_proper_singular_and_plural():
     assert SceneSpec("star", "blue", "large", "one", "white").caption() == "one large blue star on a white background"
     assert SceneSpec("circle", "red", "small", "two", "grey").caption() == "two small red circles on a grey background"
-    assert SceneSpec("cross", "green", "large", "three", "black").caption() == "three large green crosses on a black background"
+    three = SceneSpec("cross", "green", "large", "three", "black")
+    assert three.caption() == "three large green crosses on a black background"
 
 
 def test_unknown_attribute_is_rejected_with_its_field():

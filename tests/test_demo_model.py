@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from crossmodal.datagen import generate_dataset
-from crossmodal.finetune import read_captions
-from crossmodal.metrics import precision_at_k
+from crossmodal.inputs.captions import read_captions
+from crossmodal.train.datagen import generate_dataset
+from crossmodal.train.metrics import precision_at_k
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CHECKPOINT = MODELS / "demo-clip.pt"

@@ -3,21 +3,22 @@ import numpy as np
 import pytest
 import torch
 
-from crossmodal import clip_model
-from crossmodal.encode import encode_images, encode_texts
-from tests.conftest import TINY_MODEL
+from crossmodal.model.encode import encode_images, encode_texts
+from crossmodal.model.resolve import resolve
+from crossmodal.model.towers import create_model, load_image_tower, load_text_tower
+from tests.harness import TINY_MODEL
 
 TEXTS = ["a red circle", "two small blue squares on a white background", "x", "the " * 90]
 
 
 @pytest.fixture(scope="module")
 def text_tower():
-    return clip_model.load_text_tower(clip_model.resolve(TINY_MODEL, "none"))
+    return load_text_tower(resolve(TINY_MODEL, "none"))
 
 
 def _open_clip_reference(tower, texts):
     """open_clip's own full-context encode_text on the same (seeded) weights, untouched."""
-    model, _ = clip_model._create(tower.spec, torch.device("cpu"), seed=0)
+    model, _ = create_model(tower.spec, torch.device("cpu"), seed=0)
     with torch.inference_mode():
         full = model.encode_text(tower.transform(texts))
     return torch.nn.functional.normalize(full, dim=-1).numpy()
@@ -30,17 +31,17 @@ def test_truncated_context_matches_open_clip(text_tower):
 
 
 def test_truncated_context_matches_open_clip_vit_b32():
-    tower = clip_model.load_text_tower(clip_model.resolve("ViT-B-32", "none"))
+    tower = load_text_tower(resolve("ViT-B-32", "none"))
     ours = encode_texts(tower, TEXTS[:3])
     assert ((ours * _open_clip_reference(tower, TEXTS[:3])).sum(axis=1) >= 0.9999).all()
 
 
 def test_cpu_layout_computes_the_same_transformer():
     """The in/out weight layout is exact, batched and padded inputs included."""
-    from crossmodal.cpu_layout import relayout_text_tower
+    from crossmodal.model.cpu_layout import relayout_text_tower
 
-    model, _ = clip_model._create(clip_model.resolve(TINY_MODEL, "none"), torch.device("cpu"), seed=3)
-    tokens = clip_model.load_text_tower(clip_model.resolve(TINY_MODEL, "none")).transform(TEXTS)
+    model, _ = create_model(resolve(TINY_MODEL, "none"), torch.device("cpu"), seed=3)
+    tokens = load_text_tower(resolve(TINY_MODEL, "none")).transform(TEXTS)
     with torch.inference_mode():
         before = model.encode_text(tokens)
         assert type(relayout_text_tower(model).transformer.resblocks[0].attn).__name__ == "InOutSelfAttention"
@@ -52,7 +53,7 @@ def test_embeddings_are_unit_float32_and_towers_are_split(text_tower):
     vectors = encode_texts(text_tower, TEXTS)
     assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert not hasattr(text_tower.module, "visual")
-    image_tower = clip_model.load_image_tower(clip_model.resolve(TINY_MODEL, "none"))
+    image_tower = load_image_tower(resolve(TINY_MODEL, "none"))
     assert not hasattr(image_tower.module, "token_embedding"), "the image tower must not keep the text tower"
     from PIL import Image
 
@@ -62,6 +63,6 @@ def test_embeddings_are_unit_float32_and_towers_are_split(text_tower):
 
 
 def test_same_seed_same_random_weights():
-    a = clip_model.load_text_tower(clip_model.resolve(TINY_MODEL, "none"))
-    b = clip_model.load_text_tower(clip_model.resolve(TINY_MODEL, "none"))
+    a = load_text_tower(resolve(TINY_MODEL, "none"))
+    b = load_text_tower(resolve(TINY_MODEL, "none"))
     np.testing.assert_allclose(encode_texts(a, ["seeded"]), encode_texts(b, ["seeded"]))

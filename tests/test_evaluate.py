@@ -3,11 +3,10 @@ import json
 
 import pytest
 
-from crossmodal.datagen import generate_dataset
-from crossmodal.evaluate import GroundTruth
-from crossmodal.finetune import read_captions
-from crossmodal.launcher import run_app
-from tests.conftest import TINY_MODEL
+from crossmodal.inputs.captions import read_captions
+from crossmodal.train.datagen import generate_dataset
+from crossmodal.train.evaluate import GroundTruth
+from tests.harness import TINY_MODEL, run_app
 
 
 def _rows(tmp_path, lines):

@@ -5,8 +5,10 @@ import open_clip
 import pytest
 import torch
 
-from crossmodal.datagen import generate_dataset
-from crossmodal.finetune import finetune, read_captions
+from crossmodal.inputs.captions import read_captions
+from crossmodal.model.resolve import ModelUnavailable
+from crossmodal.train.datagen import generate_dataset
+from crossmodal.train.finetune import finetune
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def test_bad_inputs_name_the_offending_field(shapes, tmp_path):
     (tmp_path / "gone.csv").write_text("image,caption\nnope.png,a star\n")
     with pytest.raises(FileNotFoundError, match="nope.png"):
         read_captions(tmp_path / "gone.csv", shapes / "images")
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ModelUnavailable, match="model"):  # the one model resolution, as serving
         finetune(shapes / "captions.csv", shapes / "images", "no-such-clip", None, tmp_path, 1, 8, 1e-3, 0)
     with pytest.raises(ValueError, match="epochs"):
         finetune(shapes / "captions.csv", shapes / "images", "tiny-clip", None, tmp_path, 0, 8, 1e-3, 0)

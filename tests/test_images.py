@@ -6,12 +6,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from crossmodal.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
-from tests.conftest import png_bytes
-
-
-def _data_uri(data: bytes, kind="png") -> str:
-    return f"data:image/{kind};base64," + base64.b64encode(data).decode()
+from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
+from tests.harness import data_uri, png_bytes
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -25,7 +21,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_data_uri_and_blob_decode_to_rgb():
     limits = ImageLimits()
     blob = png_bytes()
-    assert image_bytes(None, _data_uri(blob), limits) == blob
+    assert image_bytes(None, data_uri(blob), limits) == blob
     image = decode(blob, limits)
     assert image.mode == "RGB" and image.size == (48, 40)
 

@@ -1,5 +1,5 @@
-from crossmodal.loaders import discover
-from tests.conftest import png_bytes
+from crossmodal.inputs.loaders import discover
+from tests.harness import png_bytes
 
 
 def _folder(tmp_path):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from crossmodal.metrics import average_precision, ndcg_at_k, precision_at_k, recall_at_k, summarize
+from crossmodal.train.metrics import average_precision, ndcg_at_k, precision_at_k, recall_at_k, summarize
 
 RANKING = np.array([1, 0, 1, 0, 0])  # hits at ranks 1 and 3; 3 relevant items exist
 

@@ -1,7 +1,9 @@
 import pytest
 
-from crossmodal.params import ContentLimits, content_error, parse_search_params, query_error
-from crossmodal.schemas import ContentDoc
+from crossmodal.api.params import parse_search_params
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.api.validate import content_error, query_error
+from crossmodal.settings import Limits
 
 
 def test_defaults_and_float_integers():
@@ -30,12 +32,12 @@ def test_bad_parameters_name_the_parameter(params, name):
     (ContentDoc(id="1", owner="a", modality="image"), "blob/uri"),
 ])
 def test_content_errors_name_the_field(doc, field):
-    error = content_error(doc, ContentLimits(max_text_chars=10))
+    error = content_error(doc, Limits(max_text_chars=10))
     assert error and error.startswith(field + ":")
 
 
 def test_valid_content_and_queries_pass():
-    limits = ContentLimits()
+    limits = Limits()
     assert content_error(ContentDoc(id="1", owner="a", modality="text", text="hi", tags={"a": 1}), limits) is None
     assert content_error(ContentDoc(id="1", owner="a", modality="image", blob=b"x"), limits) is None
     assert query_error(ContentDoc(text="red"), limits) is None

@@ -11,15 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from crossmodal.recommend import (
-    Candidate,
-    RecommendParams,
-    Seed,
-    candidate_budget,
-    parse_recommend_params,
-    plan_seeds,
-    select,
-)
+from crossmodal.api.params import RecommendParams, parse_recommend_params
+from crossmodal.recommend.core import Candidate, Seed, candidate_budget, plan_seeds, select
 
 D = 32
 

@@ -1,9 +1,9 @@
 """The service end to end, driven as users drive it: app.py, HTTP (curl-like) and the Jina Client.
 
-One server per module (start-up costs seconds); tests run in file order and build on
-each other's writes, as a live service would.
+One server per module (start-up costs seconds). The fixture indexes a known base set;
+each test writes only ids of its own and asserts changes relative to what it saw, so
+the tests pass in any order and alone.
 """
-import base64
 import json
 import signal
 import time
@@ -14,16 +14,19 @@ from docarray import DocList
 from jina import Client
 from jina.excepts import BadServer
 
-from crossmodal.schemas import ContentDoc
-from tests.conftest import TINY_MODEL, free_port, png_bytes
-from crossmodal.launcher import Server, http_post, run_app
+from crossmodal.api.schemas import ContentDoc
+from tests.harness import TINY_MODEL, Server, data_uri, free_port, http_post, png_bytes, run_app
 
 MODEL = ["--model", TINY_MODEL, "--pretrained", "none"]
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (240, 220, 10)}
 
 
-def data_uri(blob: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(blob).decode()
+BASE = [  # indexed by the fixture; tests read these and never change them
+    ContentDoc(id="a-text", owner="alice", modality="text", text="a red square", tags={"lang": "en"}),
+    ContentDoc(id="a-img", owner="alice", modality="image", blob=png_bytes((200, 10, 10))),
+    ContentDoc(id="b-img", owner="bob", modality="image", blob=png_bytes((10, 10, 200), shape="circle")),
+    ContentDoc(id="b-text", owner="bob", modality="text", text="blue circles everywhere"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +49,11 @@ def service(tmp_path_factory):
     server = Server(workspace, free_port(), free_port(), *MODEL, "--data-root", str(roots))
     server.start()
     try:
+        grpc = Client(host="127.0.0.1", port=server.grpc_port)
+        indexed = grpc.post("/index", DocList[ContentDoc](BASE), return_type=DocList[ContentDoc])
+        assert [d.status for d in indexed] == ["indexed"] * len(BASE)
         yield {"server": server, "cli": (first, again), "workspace": workspace, "roots": roots,
-               "grpc": Client(host="127.0.0.1", port=server.grpc_port),
-               "http": server.http_port}
+               "grpc": grpc, "http": server.http_port}
     finally:
         server.stop()
 
@@ -69,28 +74,30 @@ def test_cli_index_summary_and_idempotent_rerun(service):
     assert first.returncode == 0, first.stderr[-2000:]
     assert "indexed 8, updated 0, failed 0" in first.stdout
     assert "indexed 0, updated 8, failed 0" in again.stdout
-    assert stats(service)["count"] == {"text": 4, "image": 4}
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="a yellow shape")], k=100, modalities=["text"])
+    assert {f"images/{c}.png#caption1" for c in COLORS} <= {m.id for m in doc.text_matches}
 
 
 def test_grpc_index_reports_each_document(service):
+    before = stats(service)["count"]
     docs = [
-        ContentDoc(id="a-text", owner="alice", modality="text", text="a red square", tags={"lang": "en"}),
-        ContentDoc(id="a-img", owner="alice", modality="image", blob=png_bytes((200, 10, 10))),
-        ContentDoc(id="b-img", owner="bob", modality="image", blob=png_bytes((10, 10, 200), shape="circle")),
-        ContentDoc(id="b-text", owner="bob", modality="text", text="blue circles everywhere"),
+        ContentDoc(id="g-text", owner="gina", modality="text", text="a red square", tags={"lang": "en"}),
+        ContentDoc(id="g-img", owner="gina", modality="image", blob=png_bytes((200, 10, 10))),
+        ContentDoc(id="hal-img", owner="hal", modality="image", blob=png_bytes((10, 120, 90), shape="circle")),
+        ContentDoc(id="hal-text", owner="hal", modality="text", text="blue circles everywhere"),
         ContentDoc(id="bad-bytes", owner="bob", modality="image", blob=b"not an image"),
         ContentDoc(id="no-owner", modality="text", text="orphan"),
         ContentDoc(id="bad-modality", owner="bob", modality="video", text="x"),
         ContentDoc(id="empty", owner="bob", modality="text", text=""),
     ]
     result = {d.id: d for d in grpc_post(service, "/index", docs)}
-    assert [result[i].status for i in ("a-text", "a-img", "b-img", "b-text")] == ["indexed"] * 4
+    assert [result[i].status for i in ("g-text", "g-img", "hal-img", "hal-text")] == ["indexed"] * 4
     assert result["bad-bytes"].error.startswith("blob: not a decodable image")
     assert result["no-owner"].error.startswith("owner:")
     assert result["bad-modality"].error.startswith("modality:")
     assert result["empty"].error.startswith("text:")
     assert all(result[i].status == "error" for i in ("bad-bytes", "no-owner", "bad-modality", "empty"))
-    assert stats(service)["count"] == {"text": 6, "image": 6}
+    assert stats(service)["count"] == {"text": before["text"] + 2, "image": before["image"] + 2}
 
 
 def test_http_index_with_data_uris_and_guarded_paths(service):
@@ -156,29 +163,38 @@ def test_bad_parameters_are_clear_errors_and_service_survives(service, parameter
 
 
 def test_upsert_replaces_content_without_duplicates(service):
+    post = {"id": "u-text", "owner": "uma", "modality": "text", "text": "purple hexagons"}
+    assert http_post(service["http"], "/index", [post])[1]["data"][0]["status"] in ("indexed", "updated")
     before = stats(service)["count"]
-    status, body = http_post(service["http"], "/index", [
-        {"id": "b-text", "owner": "bob", "modality": "text", "text": "green triangles now"}])
+    status, body = http_post(service["http"], "/index", [{**post, "text": "green triangles now"}])
     assert body["data"][0]["status"] == "updated"
     assert stats(service)["count"] == before
-    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="green triangles now")], k=20,
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="green triangles now")], k=100,
                       modalities=["text"])
     found = {m.id: m for m in doc.text_matches}
-    assert found["b-text"].text == "green triangles now" and found["b-text"].score >= 0.99
+    assert found["u-text"].text == "green triangles now" and found["u-text"].score >= 0.99
 
 
 def test_delete_removes_from_every_index(service):
-    result = grpc_post(service, "/delete", [ContentDoc(id="a-img"), ContentDoc(id="never-was")])
+    blob = png_bytes((210, 90, 10))
+    [added] = grpc_post(service, "/index", [ContentDoc(id="d-img", owner="dan", modality="image", blob=blob)])
+    assert added.status in ("indexed", "updated")
+    before = stats(service)["count"]
+    result = grpc_post(service, "/delete", [ContentDoc(id="d-img"), ContentDoc(id="never-was")])
     assert [d.status for d in result] == ["deleted", "not_found"]
-    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", blob=png_bytes((200, 10, 10)))], k=50)
-    assert "a-img" not in {m.id for m in doc.image_matches}
+    assert stats(service)["count"] == {**before, "image": before["image"] - 1}
+    [doc] = grpc_post(service, "/search", [ContentDoc(id="q", blob=blob)], k=100)
+    assert "d-img" not in {m.id for m in doc.image_matches}
 
 
 def test_stats_report_counts_owners_and_model(service):
+    before = stats(service)
+    grpc_post(service, "/index", [ContentDoc(id="s-text", owner="sam-stats", modality="text", text="stats"),
+                                  ContentDoc(id="s-img", owner="sam-stats", modality="image", blob=png_bytes())])
     tags = stats(service)
-    assert tags["count"] == {"text": 6, "image": 7}
-    assert tags["owners"] == 4 and tags["model"] == f"{TINY_MODEL}/random"
-    assert tags["dim"] == 32 and tags["index_type"] == "Flat"
+    assert tags["count"] == {"text": before["count"]["text"] + 1, "image": before["count"]["image"] + 1}
+    assert tags["total"] == before["total"] + 2 and tags["owners"] == before["owners"] + 1
+    assert tags["model"] == f"{TINY_MODEL}/random" and tags["dim"] == 32 and tags["index_type"] == "Flat"
 
 
 def test_recommend_over_http_and_grpc(service):
@@ -247,7 +263,7 @@ def test_sigterm_stops_gracefully_saves_faiss_and_restart_keeps_everything(servi
         time.sleep(0.2)
     assert not _group_alive(server.proc.pid), "executor processes outlived the server"
     manifest = json.loads((service["workspace"] / "faiss-image.json").read_text())
-    from crossmodal.store import Store
+    from crossmodal.index.store import Store
 
     assert manifest["generation"] == Store(service["workspace"], read_only=True).generation
     server.start()

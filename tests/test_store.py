@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from crossmodal.store import Item, Store, WorkspaceError, WorkspaceLock
-from tests.conftest import unit_rows
+from crossmodal.index.store import Item, Store, WorkspaceError, WorkspaceLock
+from tests.harness import unit_rows
 
 
 def _item(i, owner="alice", modality="text", vec=None):

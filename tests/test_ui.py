@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, png_bytes
-from crossmodal.launcher import Server, http_post, run_app
+from tests.harness import Server, data_uri, free_port, http_post, png_bytes, run_app
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
 expect = sync_api.expect
@@ -41,9 +40,6 @@ DEMO_MODEL = ("--model", "demo-clip")  # the shipped checkpoint: results mean so
 def picture(color: str, shape: str) -> bytes:
     return png_bytes(COLORS[color], size=(160, 120), shape=shape)
 
-
-def data_uri(blob: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(blob).decode()
 
 
 def content() -> list[dict]:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from crossmodal.vector_index import IndexConfigError, VectorIndex
-from tests.conftest import unit_rows
+from crossmodal.index.vectors import IndexConfigError, VectorIndex
+from tests.harness import unit_rows
 
 DIM = 16
 

@@ -2,7 +2,7 @@
 from docarray import DocList
 from jina import Executor, requests
 
-from crossmodal.schemas import ContentDoc
+from crossmodal.api.schemas import ContentDoc
 
 
 class NoopFirst(Executor):

@@ -5,25 +5,28 @@ from typing import Optional, Sequence
 
 import torch
 from docarray import DocList
-from open_clip.utils import to_2tuple
 from jina import Executor, requests
+from open_clip.utils import to_2tuple
 
-from crossmodal import clip_model
-from crossmodal.encode import encode_pixels
-from crossmodal.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
-from crossmodal.params import mark_error
-from crossmodal.schemas import ContentDoc
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.api.validate import mark_error
+from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
+from crossmodal.model.encode import encode_pixels
+from crossmodal.model.resolve import resolve
+from crossmodal.model.towers import load_image_tower
+from crossmodal.settings import ENCODER, LIMITS
 
 
 class ClipImageEncoder(Executor):
     """Holds only the vision tower; decoding runs in threads beside the model."""
 
     def __init__(self, model: Optional[str] = None, pretrained: Optional[str] = None,
-                 device: str = "auto", batch_size: int = 32, max_bytes: int = 20 * 2**20,
-                 max_pixels: int = 40_000_000, data_roots: Sequence[str] = (),
-                 thumbnail_size: int = 256, decode_threads: int = 2, **kwargs):
+                 device: str = "auto", batch_size: int = ENCODER.image_batch_size,
+                 max_bytes: int = LIMITS.max_image_bytes, max_pixels: int = LIMITS.max_image_pixels,
+                 data_roots: Sequence[str] = (), thumbnail_size: int = ENCODER.thumbnail_size,
+                 decode_threads: int = ENCODER.decode_threads, **kwargs):
         super().__init__(**kwargs)
-        self.tower = clip_model.load_image_tower(clip_model.resolve(model or None, pretrained or None), device)
+        self.tower = load_image_tower(resolve(model or None, pretrained or None), device)
         self.batch_size = batch_size
         roots = [data_roots] if isinstance(data_roots, str) else list(data_roots or ())
         self.limits = ImageLimits(max_bytes, max_pixels, tuple(r for r in roots if r))

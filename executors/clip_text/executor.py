@@ -5,21 +5,24 @@ from typing import Callable, Optional
 from docarray import DocList
 from jina import Executor, requests
 
-from crossmodal import clip_model
-from crossmodal.encode import encode_texts
-from crossmodal.params import ContentLimits, content_error, mark_error, query_error
-from crossmodal.schemas import ContentDoc
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.api.validate import content_error, mark_error, query_error
+from crossmodal.model.encode import encode_texts
+from crossmodal.model.resolve import resolve
+from crossmodal.model.towers import load_text_tower
+from crossmodal.settings import ENCODER, LIMITS, Limits
 
 
 class ClipTextEncoder(Executor):
     """Holds only the text tower; validates content first since it is the Flow's first hop."""
 
     def __init__(self, model: Optional[str] = None, pretrained: Optional[str] = None,
-                 device: str = "auto", batch_size: int = 64, max_text_chars: int = 10_000, **kwargs):
+                 device: str = "auto", batch_size: int = ENCODER.text_batch_size,
+                 max_text_chars: int = LIMITS.max_text_chars, **kwargs):
         super().__init__(**kwargs)
-        self.tower = clip_model.load_text_tower(clip_model.resolve(model or None, pretrained or None), device)
+        self.tower = load_text_tower(resolve(model or None, pretrained or None), device)
         self.batch_size = batch_size
-        self.limits = ContentLimits(max_text_chars=max_text_chars)
+        self.limits = Limits(max_text_chars=max_text_chars)
 
     def _encode(self, docs: list[ContentDoc]) -> None:
         if docs:

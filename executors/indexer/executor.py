@@ -1,70 +1,47 @@
 """Jina adapter: stores content with owners and answers owner-excluding searches."""
 
-import base64
-import logging
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
 from docarray import DocList
 from jina import Executor, requests
 
-from crossmodal import clip_model
-from crossmodal.content_index import ContentIndex, IndexConfig, Match
-from crossmodal.recommend import Seed, parse_recommend_params
-from crossmodal.recommend_io import recommend
-from crossmodal.params import ContentLimits, as_bool, content_error, mark_error, parse_search_params
-from crossmodal.schemas import ContentDoc, MatchDoc, MatchGroup
-from crossmodal.store import Item
-
-log = logging.getLogger(__name__)
-
-
-def _thumbnail_bytes(uri: Optional[str]) -> Optional[bytes]:
-    return base64.b64decode(uri.partition(",")[2]) if uri else None
-
-
-def _match_doc(match: Match, thumbnails: dict, seed: Optional[Seed] = None) -> MatchDoc:
-    row = match.row
-    thumb = thumbnails.get(row.vid)
-    return MatchDoc(
-        id=row.id, owner=row.owner, modality=row.modality, score=match.score, text=row.text,
-        uri=row.uri, tags=row.tags,
-        thumbnail="data:image/jpeg;base64," + base64.b64encode(thumb).decode() if thumb else None,
-        seed=f"{seed.modality}:{seed.kind}:{seed.cluster}" if seed else None,
-        cluster=seed.cluster if seed else None,
-    )
+from crossmodal.api import convert
+from crossmodal.api.params import parse_recommend_params, parse_search_params
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.api.validate import content_error, mark_error
+from crossmodal.index.content import ContentIndex, IndexConfig
+from crossmodal.recommend.pick import recommend
+from crossmodal.settings import INDEX, MODALITIES
 
 
 class CrossmodalIndexer(Executor):
-    """SQLite is the source of truth; one FAISS index per modality is derived from it."""
+    """SQLite is the source of truth; one FAISS index per modality is derived from it.
 
-    def __init__(self, workspace_dir: str = "workspace", model: Optional[str] = None,
-                 pretrained: Optional[str] = None, index_factory: str = "Flat",
-                 ef_search: int = IndexConfig.ef_search, nprobe: int = IndexConfig.nprobe,
-                 ef_construction: int = IndexConfig.ef_construction, max_text_chars: int = 10_000, **kwargs):
+    ``model_label`` and ``embed_dim`` are what the Flow resolved once for the encoders:
+    this process never loads the model.
+    """
+
+    def __init__(self, workspace_dir: str = "workspace", model_label: str = "", embed_dim: int = 0,
+                 index_factory: str = INDEX.factory, ef_search: int = INDEX.ef_search,
+                 nprobe: int = INDEX.nprobe, ef_construction: int = INDEX.ef_construction, **kwargs):
         super().__init__(**kwargs)
-        spec = clip_model.resolve(model or None, pretrained or None)
-        self.index = ContentIndex(IndexConfig(
-            Path(workspace_dir), spec.label, clip_model.embed_dim(spec), index_factory, ef_search, nprobe,
-            ef_construction=ef_construction,
-        ))
-        self.limits = ContentLimits(max_text_chars=max_text_chars)
+        if not model_label or int(embed_dim) < 1:
+            raise ValueError(f"model_label and embed_dim are required, got {model_label!r}, {embed_dim!r}")
+        self.index = ContentIndex(IndexConfig(Path(workspace_dir), model_label, int(embed_dim), index_factory,
+                                              ef_search, nprobe, ef_construction=ef_construction))
 
     @requests(on="/index")
     def index_docs(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         ready = []
         for doc in docs:
-            error = doc.error or content_error(doc, self.limits, encoded=True)
+            error = doc.error or content_error(doc, encoded=True)
             if error is None and doc.embedding is None:
                 error = "embedding: missing (no encoder handled this document)"
             if error:
                 mark_error(doc, error)
-                continue
-            ready.append(doc)
-        items = [Item(d.id, d.owner, d.modality, np.asarray(d.embedding, np.float32), d.text,
-                      d.uri, d.tags or {}, _thumbnail_bytes(d.thumbnail)) for d in ready]
-        for doc, status in zip(ready, self.index.upsert(items)):
+            else:
+                ready.append(doc)
+        for doc, status in zip(ready, self.index.upsert([convert.item(d) for d in ready])):
             doc.status = status
         for doc in docs:
             doc.embedding = doc.thumbnail = doc.blob = None
@@ -74,15 +51,12 @@ class CrossmodalIndexer(Executor):
     def search(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
         params = parse_search_params(parameters)
         ready = [d for d in docs if d.error is None and d.embedding is not None]
-        queries = np.vstack([np.asarray(d.embedding, np.float32) for d in ready]) if ready else None
-        for modality in ("text", "image"):
-            found = (self.index.search(queries, modality, params.k, params.username)
-                     if queries is not None and modality in params.modalities else [[] for _ in ready])
-            thumbs = {}
-            if params.with_thumbnails and modality == "image":
-                thumbs = self.index.store.thumbnails([m.row.vid for ms in found for m in ms])
+        for modality in MODALITIES:
+            found = (self.index.search([d.embedding for d in ready], modality, params.k, params.username)
+                     if modality in params.modalities else [[] for _ in ready])
+            thumbs = self.index.thumbnails([m for ms in found for m in ms]) if params.with_thumbnails else {}
             for doc, matches in zip(ready, found):
-                setattr(doc, f"{modality}_matches", DocList[MatchDoc]([_match_doc(m, thumbs) for m in matches]))
+                setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
         for doc in docs:
             if doc.error is None:
                 doc.status = "ok"
@@ -92,25 +66,14 @@ class CrossmodalIndexer(Executor):
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
         params = parse_recommend_params(parameters)
-        with_thumbnails = as_bool(parameters, "with_thumbnails", False)
         for doc in docs:
-            seeds = [Seed(s.modality, s.kind, s.cluster, s.share, np.asarray(s.embedding, np.float32))
-                     for s in doc.seeds or []]
+            seeds = convert.seeds(doc.seeds)
             picks = recommend(self.index, seeds, params) if seeds else {}
-            doc.from_text = self._group(picks.get("text", {}), with_thumbnails)
-            doc.from_image = self._group(picks.get("image", {}), with_thumbnails)
+            thumbs = self.index.thumbnails(convert.picked_matches(picks)) if params.with_thumbnails else {}
+            doc.from_text = convert.pick_group(picks.get("text", {}), thumbs)
+            doc.from_image = convert.pick_group(picks.get("image", {}), thumbs)
             doc.seeds, doc.status = None, "ok"
         return docs
-
-    def _group(self, picks: dict, with_thumbnails: bool) -> MatchGroup:
-        group = MatchGroup()
-        for modality, chosen in picks.items():
-            thumbs = {}
-            if with_thumbnails and modality == "image":
-                thumbs = self.index.store.thumbnails([c.payload.row.vid for c, _ in chosen])
-            setattr(group, f"{modality}_matches",
-                    DocList[MatchDoc]([_match_doc(c.payload, thumbs, seed) for c, seed in chosen]))
-        return group
 
     @requests(on="/delete")
     def delete(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:

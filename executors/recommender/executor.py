@@ -9,10 +9,11 @@ from typing import Optional
 from docarray import DocList
 from jina import Executor, requests
 
-from crossmodal.recommend import parse_recommend_params
-from crossmodal.recommend_io import plan_user_seeds
-from crossmodal.schemas import ContentDoc, MatchGroup, SeedDoc
-from crossmodal.store import Store, WorkspaceError
+from crossmodal.api import convert
+from crossmodal.api.params import parse_recommend_params
+from crossmodal.api.schemas import ContentDoc, MatchGroup
+from crossmodal.index.store import Store, WorkspaceError
+from crossmodal.recommend.plan import plan_user_seeds
 
 
 class CrossmodalRecommender(Executor):
@@ -37,10 +38,7 @@ class CrossmodalRecommender(Executor):
         seeds = plan_user_seeds(store, params) if store else []
         docs = docs or DocList[ContentDoc]([ContentDoc(id="recommend")])
         for doc in docs:
-            doc.seeds = DocList[SeedDoc]([
-                SeedDoc(modality=s.modality, kind=s.kind, cluster=s.cluster, share=s.share, embedding=s.embedding)
-                for s in seeds
-            ])
+            doc.seeds = convert.seed_docs(seeds)
             doc.from_text, doc.from_image = MatchGroup(), MatchGroup()
             if not seeds:
                 doc.reason = f"user {params.username!r} has no posts yet: nothing to recommend from"

@@ -6,15 +6,14 @@ send time, so a large photo folder never sits in memory.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from crossmodal.images import IMAGE_SUFFIXES, list_images
-from crossmodal.schemas import ContentDoc
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.inputs.captions import caption_rows, header, is_caption_table, table_rows
+from crossmodal.inputs.images import IMAGE_SUFFIXES, list_images
 
-CAPTION_HEADER = ("image", "caption")
 TEXT_HEADER = ("text",)
 
 
@@ -35,49 +34,25 @@ class Source:
                           blob=blob, tags=self.tags)
 
 
-def _header(path: Path) -> tuple[str, ...]:
-    with path.open(newline="", encoding="utf-8") as f:
-        first = f.readline()
-    return tuple(h.strip().lower() for h in next(csv.reader([first]), []))
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.DictReader(f), start=2):
-            yield number, {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-
-
-def _image_dir(table: Path, image: str) -> Path:
-    """Where a caption table's images live: beside it, or in images/ or Images/ (Flickr8k)."""
-    for folder in (table.parent, table.parent / "images", table.parent / "Images"):
-        if (folder / image).is_file():
-            return folder
-    return table.parent
-
-
 def captions(table: Path, default_owner: str) -> Iterator[Source]:
     """Images and their captions from an ``image,caption[,owner]`` table (Flickr8k style)."""
     seen: dict[str, int] = {}
     root = table.parent
-    for number, row in _rows(table):
-        image, caption = row.get("image"), row.get("caption")
-        if not image or not caption:
-            raise ValueError(f"{table}:{number}: 'image' and 'caption' are required, got {row!r}")
-        owner = row.get("owner") or default_owner
-        path = _image_dir(table, image) / image
-        image_id = path.relative_to(root).as_posix() if path.is_relative_to(root) else image
+    for row in caption_rows(table):
+        owner = row.owner or default_owner
+        image_id = row.image.relative_to(root).as_posix() if row.image.is_relative_to(root) else row.image.name
         if image_id not in seen:
             seen[image_id] = 0
-            yield Source(image_id, owner, "image", path=path, tags={"caption": caption})
+            yield Source(image_id, owner, "image", path=row.image, tags={"caption": row.caption})
         seen[image_id] += 1
-        yield Source(f"{image_id}#caption{seen[image_id]}", owner, "text", text=caption,
+        yield Source(f"{image_id}#caption{seen[image_id]}", owner, "text", text=row.caption,
                      tags={"image": image_id})
 
 
 def texts(path: Path, default_owner: str) -> Iterator[Source]:
     """Texts from a ``text[,owner]`` CSV, or one text per line of a plain file."""
-    if path.suffix.lower() == ".csv" and _header(path)[:1] == TEXT_HEADER:
-        for number, row in _rows(path):
+    if path.suffix.lower() == ".csv" and header(path)[:1] == TEXT_HEADER:
+        for number, row in table_rows(path):
             if row.get("text"):
                 yield Source(f"{path.name}:{number}", row.get("owner") or default_owner, "text", text=row["text"])
         return
@@ -85,10 +60,6 @@ def texts(path: Path, default_owner: str) -> Iterator[Source]:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 yield Source(f"{path.name}:{number}", default_owner, "text", text=line.strip())
-
-
-def _is_caption_table(path: Path) -> bool:
-    return path.suffix.lower() in (".csv", ".txt") and _header(path)[:2] == CAPTION_HEADER
 
 
 def discover(data: Path, default_owner: str = "demo") -> list[Source]:
@@ -99,11 +70,11 @@ def discover(data: Path, default_owner: str = "demo") -> list[Source]:
     if data.is_file():
         if data.suffix.lower() in IMAGE_SUFFIXES:
             return [Source(data.name, default_owner, "image", path=data)]
-        return list(captions(data, default_owner) if _is_caption_table(data) else texts(data, default_owner))
+        return list(captions(data, default_owner) if is_caption_table(data) else texts(data, default_owner))
     tables = [p for p in sorted(data.iterdir()) if p.is_file() and p.suffix.lower() in (".csv", ".txt")]
     found = {}
     for table in tables:
-        for source in (captions(table, default_owner) if _is_caption_table(table) else texts(table, default_owner)):
+        for source in (captions(table, default_owner) if is_caption_table(table) else texts(table, default_owner)):
             found[source.id] = source
     for path in list_images(data):  # photos no caption table mentions
         image_id = path.relative_to(data).as_posix()

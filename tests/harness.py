@@ -1,9 +1,12 @@
-"""Run ``app.py`` (or any Flow) as a user would, in its own process group, and always stop it.
+"""What tests and benchmarks share: run ``app.py`` (or any Flow) as a user would, in its own
+process group, and always stop it; HTTP calls; small pictures and data URIs.
 
 Tests and benchmarks start Flows this way rather than in their own process: Jina
 forks executor processes, and forking a process whose torch/FAISS OpenMP thread
 pools are already running can deadlock the child.
 """
+import base64
+import io
 import json
 import os
 import signal
@@ -15,7 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from crossmodal.service import JINA_QUIET, ROOT
+import numpy as np
+
+from crossmodal.serve.flow import free_port  # noqa: F401  (re-exported for tests and benchmarks)
+from crossmodal.settings import JINA_QUIET, ROOT
+
+TINY_MODEL = "tiny-clip"  # models/tiny-clip.json, random weights seeded by the loader
 
 
 def app_env() -> dict:
@@ -100,3 +108,25 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def png_bytes(color=(200, 30, 30), size=(48, 40), shape: str = "rect") -> bytes:
+    """A small distinct picture: a coloured shape on white."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    box = (size[0] // 5, size[1] // 5, size[0] * 4 // 5, size[1] * 4 // 5)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=color)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def data_uri(blob: bytes, kind: str = "png") -> str:
+    return f"data:image/{kind};base64," + base64.b64encode(blob).decode()

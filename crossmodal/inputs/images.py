@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from crossmodal.settings import LIMITS
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
 
@@ -26,9 +28,9 @@ class ImageInputError(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int = 20 * 2**20
-    max_pixels: int = 40_000_000
-    data_roots: tuple[str, ...] = ()
+    max_bytes: int = LIMITS.max_image_bytes
+    max_pixels: int = LIMITS.max_image_pixels
+    data_roots: tuple[str, ...] = ()  # folders whose files requests may name by local path
 
 
 def _from_data_uri(uri: str, limits: ImageLimits) -> bytes:

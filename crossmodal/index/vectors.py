@@ -17,17 +17,13 @@ from typing import Iterable, Optional
 import faiss
 import numpy as np
 
+from crossmodal.settings import INDEX
+
 TRAIN_POINTS_PER_CENTROID = 39  # FAISS warns below this
 
 
 class IndexConfigError(ValueError):
     """An index factory string FAISS cannot build."""
-
-
-# Defaults of the approximate index types (Flat ignores them). HNSW: recall@10 >= 0.95 at 1M
-# clustered 512-d vectors in ~1 ms (bench/vectors.py); faiss's own efConstruction of 40
-# builds a graph that stalls near 0.95 whatever efSearch.
-EF_SEARCH, EF_CONSTRUCTION, NPROBE = 256, 80, 16
 
 
 def _make(factory: str, dim: int) -> faiss.Index:
@@ -45,8 +41,8 @@ def _nlist(index: faiss.Index) -> int:
 class VectorIndex:
     """Cosine search over unit vectors with per-query ID exclusion."""
 
-    def __init__(self, dim: int, factory: str = "Flat", ef_search: int = EF_SEARCH, nprobe: int = NPROBE,
-                 ef_construction: int = EF_CONSTRUCTION):
+    def __init__(self, dim: int, factory: str = INDEX.factory, ef_search: int = INDEX.ef_search,
+                 nprobe: int = INDEX.nprobe, ef_construction: int = INDEX.ef_construction):
         self.dim, self.factory = dim, factory
         self.ef_search, self.nprobe, self.ef_construction = ef_search, nprobe, ef_construction
         self.index = _make(factory, dim)
@@ -58,7 +54,7 @@ class VectorIndex:
     # -- building ---------------------------------------------------------------
     @classmethod
     def build(cls, dim: int, factory: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-              **params) -> "VectorIndex":
+              **params) -> VectorIndex:
         """Build from (vids, vectors) chunks; untrainable-yet types fall back to Flat."""
         vids, vectors = [], []
         for chunk_vids, chunk_vectors in chunks:
@@ -140,7 +136,7 @@ class VectorIndex:
         os.replace(manifest.with_suffix(".tmp"), manifest)
 
     @classmethod
-    def load(cls, path: Path, generation: int, dim: int, factory: str, **params) -> Optional["VectorIndex"]:
+    def load(cls, path: Path, generation: int, dim: int, factory: str, **params) -> Optional[VectorIndex]:
         """The saved index if it matches this store generation and config, else None."""
         path = Path(path)
         manifest = path.with_suffix(".json")

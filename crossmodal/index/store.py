@@ -8,6 +8,7 @@ the old vid.
 """
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -60,7 +61,7 @@ class Item:
     text: Optional[str] = None
     uri: Optional[str] = None
     tags: dict = field(default_factory=dict)
-    thumbnail: Optional[bytes] = None
+    thumbnail: Optional[str] = None  # a data:image/jpeg;base64 URI, stored and served as is
 
 
 @dataclass
@@ -243,8 +244,10 @@ class Store:
         """Metadata of the given vids (missing ones are absent from the result)."""
         return {record[0]: _row(record) for record in self._by_vids(_ROW_COLUMNS, vids)}
 
-    def thumbnails(self, vids: Sequence[int]) -> dict[int, bytes]:
-        return dict(self._by_vids("vid, thumbnail", vids, " AND thumbnail IS NOT NULL"))
+    def thumbnails(self, vids: Sequence[int]) -> dict[int, str]:
+        """``data:`` URIs by vid (older workspaces hold the JPEG bytes themselves)."""
+        return {vid: thumb if isinstance(thumb, str) else "data:image/jpeg;base64," + base64.b64encode(thumb).decode()
+                for vid, thumb in self._by_vids("vid, thumbnail", vids, " AND thumbnail IS NOT NULL")}
 
     def embeddings_of(self, vids: Sequence[int]) -> dict[int, np.ndarray]:
         return {vid: np.frombuffer(blob, dtype=np.float32) for vid, blob in self._by_vids("vid, embedding", vids)}

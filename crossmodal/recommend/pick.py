@@ -1,32 +1,23 @@
-"""Glue between the pure recommender (``recommend.py``) and the store and index.
+"""The indexer's side: seeds become candidates through the FAISS indexes, then picks.
 
-The recommender executor plans seeds from the user's history read from the store;
-the indexer turns seeds into candidates with its FAISS indexes and the same store.
-Both read the one copy of the embeddings, so nothing can drift.
+It reads the same store as the recommender, so seeds and candidates come from one
+copy of the embeddings and cannot drift.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from crossmodal.content_index import ContentIndex
-from crossmodal.recommend import Candidate, RecommendParams, Seed, candidate_budget, plan_seeds, select
-from crossmodal.schemas import MODALITIES
-from crossmodal.store import Store
+from crossmodal.api.params import RecommendParams
+from crossmodal.index.content import ContentIndex
+from crossmodal.recommend.core import Candidate, Seed, candidate_budget, select
+from crossmodal.settings import MODALITIES
+
+Picks = dict[str, dict[str, list[tuple[Candidate, Seed]]]]
 
 
-def plan_user_seeds(store: Store, params: RecommendParams) -> list[Seed]:
-    """Seeds for every modality the user has posted in (empty: no history)."""
-    seeds = []
-    for modality in MODALITIES:
-        history = store.history(params.username, modality)
-        if history.ids:
-            seeds.extend(plan_seeds(history.embeddings, history.created_at, modality, params))
-    return seeds
-
-
-def history_matrix(store: Store, username: str) -> np.ndarray:
+def history_matrix(index: ContentIndex, username: str) -> np.ndarray:
     """Every embedding the user posted, both modalities, for the novelty filter."""
-    parts = [store.history(username, m).embeddings for m in MODALITIES]
+    parts = [index.store.history(username, m).embeddings for m in MODALITIES]
     parts = [p for p in parts if p.size]
     return np.vstack(parts) if parts else np.zeros((0, 1), np.float32)
 
@@ -44,10 +35,9 @@ def seed_candidates(index: ContentIndex, seed: Seed, params: RecommendParams, n_
             for m in found if m.row.vid in vectors]
 
 
-def recommend(index: ContentIndex, seeds: list[Seed], params: RecommendParams
-              ) -> dict[str, dict[str, list[tuple[Candidate, Seed]]]]:
+def recommend(index: ContentIndex, seeds: list[Seed], params: RecommendParams) -> Picks:
     """query modality -> result modality -> picks, for the seeds the recommender planned."""
-    history = history_matrix(index.store, params.username)
+    history = history_matrix(index, params.username)
     out = {}
     for query_modality in MODALITIES:
         group = [s for s in seeds if s.modality == query_modality]

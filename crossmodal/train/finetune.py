@@ -9,7 +9,6 @@ generated images and make their captions ("three ...") wrong.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -22,27 +21,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from crossmodal.clip_model import MODELS_DIR, RANDOM_INIT, pick_device
+from crossmodal.inputs.captions import read_captions
+from crossmodal.model.resolve import RANDOM_INIT, config_name, resolve
+from crossmodal.model.towers import create_model, pick_device
 
 log = logging.getLogger(__name__)
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp
-
-
-def read_captions(captions_csv: Path, images_dir: Path) -> list[tuple[Path, str]]:
-    """(image path, caption) rows from a ``image,caption[,...]`` CSV (datagen or Flickr8k layout)."""
-    with open(captions_csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"image", "caption"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{captions_csv}: missing column(s) {sorted(missing)}; header is {reader.fieldnames}")
-        rows = [(Path(images_dir) / r["image"], r["caption"].strip()) for r in reader]
-    if not rows:
-        raise ValueError(f"{captions_csv}: no caption rows")
-    absent = [str(p) for p, _ in rows if not p.is_file()]
-    if absent:
-        raise FileNotFoundError(f"{len(absent)} image(s) listed in {captions_csv} not found, e.g. {absent[0]}")
-    return rows
 
 
 class CaptionPairs(Dataset):
@@ -59,19 +44,6 @@ class CaptionPairs(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         with Image.open(self.paths[i]) as image:
             return self.preprocess(image.convert("RGB")), self.tokens[i]
-
-
-def config_name(model: str) -> str:
-    """Accept an open_clip model name or a path to an open_clip config ``.json``."""
-    open_clip.add_model_config(MODELS_DIR)
-    if model.endswith(".json"):
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"model: config file {model!r} does not exist")
-        open_clip.add_model_config(Path(model))
-        model = Path(model).stem
-    if open_clip.get_model_config(model) is None:
-        raise ValueError(f"model: unknown open_clip model {model!r} (not in open_clip nor {MODELS_DIR})")
-    return model
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -101,17 +73,15 @@ def save_checkpoint(model: torch.nn.Module, config: dict, name: str, out: Path) 
     return path
 
 
-def _create(config: str, pretrained: Optional[str], device: str) -> tuple[torch.nn.Module, Callable, dict]:
+def _create(model: str, pretrained: Optional[str], device: str, seed: int
+            ) -> tuple[torch.nn.Module, Callable, dict]:
     """Model, eval transform and the config to save (QuickGELU recorded when the weights need it)."""
-    model_cfg = dict(open_clip.get_model_config(config))
-    quick_gelu = False
-    if pretrained is not None and not Path(pretrained).is_file():
-        quick_gelu = bool(open_clip.get_pretrained_cfg(config, pretrained).get("quick_gelu"))
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        config, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu)
-    if quick_gelu:
-        model_cfg["quick_gelu"] = True
-    return model, preprocess, model_cfg
+    spec = resolve(model, pretrained or "none")
+    clip, preprocess = create_model(spec, torch.device(device), seed)
+    config = dict(open_clip.get_model_config(spec.name))
+    if spec.quick_gelu:
+        config["quick_gelu"] = True
+    return clip, preprocess, config
 
 
 def _train_epoch(clip: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -153,8 +123,7 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
     if pretrained is not None and pretrained.lower() in RANDOM_INIT:
         pretrained = None
     device = str(pick_device(device))
-    torch.manual_seed(seed)
-    clip, preprocess, model_cfg = _create(config, pretrained, device)
+    clip, preprocess, model_cfg = _create(config, pretrained, device, seed)
     data = CaptionPairs(read_captions(Path(captions_csv), Path(images_dir)), preprocess,
                         open_clip.get_tokenizer(config))
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,

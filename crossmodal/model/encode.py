@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from PIL import Image
 
-from crossmodal.clip_model import Tower
+from crossmodal.model.towers import Tower
 
 PAD_TOKEN = 0
 

@@ -21,8 +21,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from crossmodal.finetune import read_captions
-from crossmodal.metrics import summarize
+from crossmodal.inputs.captions import read_captions
+from crossmodal.train.metrics import summarize
 
 RELEVANCE = ("caption", "pair")
 EVAL_OWNER = "eval"
@@ -32,7 +32,7 @@ def _post(client, endpoint: str, docs: Iterable, total: int, batch_size: int, pa
     """Stream ``docs`` in requests of ``batch_size`` (images are read lazily) and fail on any error."""
     from docarray import DocList
 
-    from crossmodal.schemas import ContentDoc
+    from crossmodal.api.schemas import ContentDoc
 
     result = client.post(endpoint, inputs=tqdm(docs, total=total, desc=endpoint.strip("/"), unit="doc"),
                          parameters=parameters or {}, request_size=batch_size, return_type=DocList[ContentDoc])
@@ -43,7 +43,7 @@ def _post(client, endpoint: str, docs: Iterable, total: int, batch_size: int, pa
 
 
 def _index(client, images: dict[str, Path], texts: dict[str, str], batch_size: int) -> None:
-    from crossmodal.schemas import ContentDoc
+    from crossmodal.api.schemas import ContentDoc
 
     docs = itertools.chain(
         (ContentDoc(id=i, owner=EVAL_OWNER, modality="image", blob=p.read_bytes()) for i, p in images.items()),
@@ -115,9 +115,10 @@ def evaluate(captions_csv: Path, images_dir: Path, model: Optional[str], pretrai
     ``max(ks)``, so mAP is over that depth. Returns the metrics dict (also
     written to ``out_json`` when given).
     """
-    from crossmodal.clip_model import resolve
-    from crossmodal.schemas import ContentDoc
-    from crossmodal.service import ServiceConfig, free_port, running_flow
+    from crossmodal.api.schemas import ContentDoc
+    from crossmodal.model.resolve import resolve
+    from crossmodal.serve.flow import free_port, running_flow
+    from crossmodal.settings import ServiceConfig
 
     start = time.time()
     truth = GroundTruth(read_captions(Path(captions_csv), Path(images_dir)), Path(images_dir), relevance)

@@ -3,8 +3,8 @@
 The Flow splits the work in two: the recommender turns one modality of a user's
 history into a few *seeds* (``plan_seeds``), the indexer searches around each seed
 (``candidate_budget`` says how deep) and merges what it found (``select``). Nothing
-here does I/O or imports Jina/DocArray, so both executors and the tests call it
-directly.
+here does I/O or imports Jina/DocArray/FAISS, so both executors and the tests call
+it directly; ``plan.py`` and ``pick.py`` connect it to the store and the index.
 
 Seeds follow the user's interests: HDBSCAN clusters the history, each large cluster
 contributes its medoid (a real post, so a seed always sits where the user posted),
@@ -13,84 +13,14 @@ seeds so that the result list mirrors how much the user posts about each interes
 """
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import hdbscan
 import numpy as np
 
-# Same values as ``crossmodal.schemas.MODALITIES``; not imported from there because
-# that module pulls in DocArray (seconds of import time) for one tuple.
-MODALITIES = ("text", "image")
-
-# Accepted values per parameter: (interval as shown in errors, membership test).
-_RANGES = {
-    "k": ("[1, 1000]", lambda v: 1 <= v <= 1000),
-    "min_cluster_size": ("[2, 1000]", lambda v: 2 <= v <= 1000),  # HDBSCAN needs >= 2
-    "min_samples": ("[1, 1000]", lambda v: 1 <= v <= 1000),
-    "max_seeds": ("[1, 100]", lambda v: 1 <= v <= 100),
-    "outlier_share": ("[0, 1)", lambda v: 0 <= v < 1),  # 1 would leave no room for interests
-    "novelty_threshold": ("(0, 1]", lambda v: 0 < v <= 1),
-    "diversity": ("[0, 1]", lambda v: 0 <= v <= 1),
-    "seed": ("[0, 2**32)", lambda v: 0 <= v < 2**32),
-}
-
-
-@dataclass(frozen=True)
-class RecommendParams:
-    """Validated ``/recommend`` parameters; constructing one checks (and coerces) every field.
-
-    The clustering defaults (3, 2) still find interests in a history of 10-20 posts:
-    three posts about something is already a pattern for a single person.
-    """
-
-    username: str
-    k: int = 10
-    min_cluster_size: int = 3
-    min_samples: int = 2
-    max_seeds: int = 3
-    outlier_share: float = 0.2
-    novelty_threshold: float = 0.95
-    diversity: float = 0.7  # MMR lambda: 1 = pure relevance, 0 = pure diversity
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.username, str) or not self.username.strip():
-            raise ValueError(f"parameter 'username' must be a non-empty string, got {self.username!r}")
-        for f in fields(self):
-            if f.name in _RANGES:
-                value = _as_number(f.name, getattr(self, f.name), integer=f.type in ("int", int))
-                interval, accepts = _RANGES[f.name]
-                if not accepts(value):
-                    raise ValueError(f"parameter '{f.name}' must be in {interval}, got {value!r}")
-                object.__setattr__(self, f.name, value)  # 5.0 -> 5: JSON numbers arrive as floats
-
-
-def _as_number(name: str, value: Any, integer: bool) -> float:
-    """Accept real numbers (integral ones where an int is due), never bools or strings."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"parameter '{name}' must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond float range is outside every accepted interval
-        raise ValueError(f"parameter '{name}' is out of range, got {value!r}") from None
-    if not math.isfinite(number) or (integer and not number.is_integer()):
-        expected = "an integer" if integer else "a finite number"
-        raise ValueError(f"parameter '{name}' must be {expected}, got {value!r}")
-    return int(value) if integer else number
-
-
-def parse_recommend_params(params: Mapping[str, Any]) -> RecommendParams:
-    """Build validated parameters from a request's ``parameters`` dict.
-
-    Unknown keys (Jina's ``__results__``, other endpoints' options) are ignored and
-    ``None`` means "use the default", so one request dict can serve several endpoints.
-    """
-    known = {f.name for f in fields(RecommendParams)}
-    given = {key: value for key, value in params.items() if key in known and value is not None}
-    return RecommendParams(**{"username": None, **given})
+from crossmodal.api.params import RecommendParams
+from crossmodal.settings import MODALITIES
 
 
 @dataclass(eq=False)  # identity equality: a generated __eq__ cannot compare ndarray fields

@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from crossmodal.schemas import MODALITIES
-from crossmodal.store import Item, Row, Store, WorkspaceLock
-from crossmodal.vector_index import EF_CONSTRUCTION, EF_SEARCH, NPROBE, VectorIndex
+from crossmodal.index.store import Item, Row, Store, WorkspaceLock
+from crossmodal.index.vectors import VectorIndex
+from crossmodal.settings import INDEX, MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,11 @@ class IndexConfig:
     workspace: Path
     model: str  # the label recorded in the workspace
     dim: int
-    factory: str = "Flat"
-    ef_search: int = EF_SEARCH  # HNSW/IVF knobs: see vector_index
-    nprobe: int = NPROBE
-    ef_construction: int = EF_CONSTRUCTION
-    rebuild_tombstone_ratio: float = 0.25
+    factory: str = INDEX.factory
+    ef_search: int = INDEX.ef_search  # HNSW/IVF knobs: see settings.IndexSettings
+    nprobe: int = INDEX.nprobe
+    ef_construction: int = INDEX.ef_construction
+    rebuild_tombstone_ratio: float = INDEX.rebuild_tombstone_ratio
 
 
 @dataclass
@@ -120,12 +120,13 @@ class ContentIndex:
                     **self._vector_params())
 
     # -- reads ----------------------------------------------------------------------
-    def search(self, queries: np.ndarray, modality: str, k: int, exclude_owner: Optional[str] = None
+    def search(self, queries: Sequence[np.ndarray], modality: str, k: int, exclude_owner: Optional[str] = None
                ) -> list[list[Match]]:
         """Top-k live matches of one modality per query, the owner's own items excluded."""
         vectors = self.vectors[modality]
         if vectors.size == 0 or not len(queries):
             return [[] for _ in range(len(queries))]
+        queries = np.vstack([np.asarray(q, np.float32) for q in queries])
         exclude = self.store.owner_vids(exclude_owner, modality) if exclude_owner else None
         scores, vids = vectors.search(queries, k, exclude)
         rows = self.store.rows(np.unique(vids[vids >= 0]))
@@ -133,6 +134,10 @@ class ContentIndex:
             [Match(rows[v], float(s)) for s, v in zip(qs, qv) if v >= 0 and v in rows][:k]
             for qs, qv in zip(scores, vids)
         ]
+
+    def thumbnails(self, matches: Sequence[Match]) -> dict[int, str]:
+        """Stored thumbnails (``data:`` URIs) of image matches, by vid."""
+        return self.store.thumbnails([m.row.vid for m in matches if m.row.modality == "image"])
 
     def stats(self) -> dict:
         return {

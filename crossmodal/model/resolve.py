@@ -1,4 +1,4 @@
-"""Resolve and load open_clip models, one tower at a time.
+"""Resolve what ``--model/--pretrained`` name into a local open_clip config and checkpoint.
 
 Resolution never waits on an unreachable hub: a pretrained tag is looked up in the
 local caches first, downloaded only when the hub answers, and otherwise the
@@ -8,20 +8,19 @@ model trained by this project (``models/demo-clip``) and says so loudly.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import open_clip
-import torch
+
+from crossmodal.settings import MODELS_DIR
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 DEMO_MODEL = "demo-clip"
@@ -52,7 +51,7 @@ def register_local_configs() -> None:
         open_clip.add_model_config(MODELS_DIR)
 
 
-def _config_name(model: str) -> str:
+def config_name(model: str) -> str:
     """Accept a model name or a path to an open_clip config JSON (its stem is the name)."""
     if model.endswith(".json"):
         path = Path(model)
@@ -141,7 +140,7 @@ def resolve(model: Optional[str] = None, pretrained: Optional[str] = None,
                 "real photos.\n%s", "!" * 78, err, DEMO_MODEL, "!" * 78,
             )
             return ModelSpec(**{**demo.__dict__, "fallback": True})
-    name = _config_name(model or DEFAULT_MODEL)
+    name = config_name(model or DEFAULT_MODEL)
     if pretrained is None:
         local = MODELS_DIR / f"{name}.pt"
         if not local.is_file():
@@ -167,55 +166,3 @@ def embed_dim(spec: ModelSpec) -> int:
     """Embedding width from the config alone, so the indexer never loads weights."""
     register_local_configs()
     return int(open_clip.get_model_config(spec.name)["embed_dim"])
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@dataclass
-class Tower:
-    """One loaded tower: the module, its input transform and the model's identity."""
-
-    module: torch.nn.Module
-    transform: Callable  # image preprocess or text tokenizer
-    spec: ModelSpec
-    device: torch.device
-    dim: int
-
-
-def _create(spec: ModelSpec, device: torch.device, seed: int):
-    torch.manual_seed(seed)  # random-init models (tests, benchmarks) are reproducible
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.name, pretrained=spec.checkpoint, device=device, force_quick_gelu=spec.quick_gelu,
-            **{k: v for k, v in spec.preprocess.items() if v is not None},
-        )
-    except (RuntimeError, FileNotFoundError, KeyError) as err:
-        raise ModelUnavailable(f"cannot load {spec.label} from {spec.checkpoint}: {err}") from err
-    return model.eval(), preprocess
-
-
-def load_image_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
-    """Load the model and keep only ``visual``: the text transformer is dropped."""
-    dev = pick_device(device)
-    model, preprocess = _create(spec, dev, seed)
-    visual = model.visual
-    del model
-    gc.collect()
-    return Tower(visual, preprocess, spec, dev, embed_dim(spec))
-
-
-def load_text_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
-    """Load the model and drop ``visual``: only the text tower stays in memory."""
-    from crossmodal.cpu_layout import relayout_text_tower
-
-    dev = pick_device(device)
-    model, _ = _create(spec, dev, seed)
-    del model.visual
-    if dev.type == "cpu":
-        relayout_text_tower(model)
-    gc.collect()
-    return Tower(model, open_clip.get_tokenizer(spec.name), spec, dev, embed_dim(spec))

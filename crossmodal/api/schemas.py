@@ -10,7 +10,7 @@ from typing import Optional
 from docarray import BaseDoc, DocList
 from docarray.typing import NdArray
 
-MODALITIES = ("text", "image")
+from crossmodal.settings import MODALITIES  # noqa: F401  (re-exported)
 
 
 def _inline_item_schema(doc_type: type) -> None:

@@ -2,7 +2,7 @@
 
 The Flow YAML reads its values from ``CROSSMODAL_*`` environment variables, so the
 same file serves ``app.py``, the tests and the benchmarks; this module is the only
-place that sets them.
+place that sets them, from ``settings.ServiceConfig`` and the model resolved once here.
 """
 from __future__ import annotations
 
@@ -12,19 +12,14 @@ import os
 import signal
 import socket
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional
 
-from crossmodal.clip_model import ModelSpec
+from crossmodal.model.resolve import ModelSpec, embed_dim
+from crossmodal.settings import FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
 if TYPE_CHECKING:
     from jina import Client
-
-ROOT = Path(__file__).resolve().parents[1]
-FLOW_YAML = ROOT / "flows" / "crossmodal.yml"
-JINA_QUIET = {"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
-              "JINA_LOG_LEVEL": os.environ.get("JINA_LOG_LEVEL", "ERROR")}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,21 +27,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-@dataclass
-class ServiceConfig:
-    """Everything a running service needs; CLI flags map one to one onto it."""
-
-    workspace: Path = ROOT / "workspace"
-    model: Optional[str] = None
-    pretrained: Optional[str] = None
-    grpc_port: int = 45679
-    http_port: int = 45678
-    host: str = "127.0.0.1"
-    device: str = "auto"
-    index_factory: str = "Flat"
-    data_roots: Sequence[str] = field(default_factory=tuple)
 
 
 def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
@@ -59,6 +39,8 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_WORKSPACE": str(Path(cfg.workspace).resolve()),
         "CROSSMODAL_MODEL": spec.name,
         "CROSSMODAL_PRETRAINED": spec.pretrained,
+        "CROSSMODAL_MODEL_LABEL": spec.label,
+        "CROSSMODAL_EMBED_DIM": str(embed_dim(spec)),
         "CROSSMODAL_DEVICE": cfg.device,
         "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
@@ -71,8 +53,7 @@ def preflight(cfg: ServiceConfig, spec: ModelSpec) -> None:
     The indexer enforces the same checks itself; doing them here first turns a
     Jina start-up failure deep in a child process into a one-line error.
     """
-    from crossmodal.clip_model import embed_dim
-    from crossmodal.store import Store, WorkspaceLock
+    from crossmodal.index.store import Store, WorkspaceLock
 
     lock = WorkspaceLock(Path(cfg.workspace))
     lock.acquire()
@@ -88,7 +69,7 @@ def preflight(cfg: ServiceConfig, spec: ModelSpec) -> None:
 
 def build_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None):
     """The Flow object, not started. Resolves the model once for every executor."""
-    from crossmodal.clip_model import resolve
+    from crossmodal.model.resolve import resolve
 
     spec = spec or resolve(cfg.model, cfg.pretrained)
     preflight(cfg, spec)
@@ -128,7 +109,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 @contextlib.contextmanager
-def running_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None) -> Iterator["Client"]:
+def running_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None) -> Iterator[Client]:
     """Start the Flow and yield a connected gRPC client; the Flow stops on exit."""
     from jina import Client
 

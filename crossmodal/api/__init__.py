@@ -1,0 +1,1 @@
+"""The wire: DocArray schemas, request parameters, document validation and conversions."""

@@ -1,0 +1,1 @@
+"""Untrusted and on-disk input: image decoding, the caption-table reader, data discovery."""

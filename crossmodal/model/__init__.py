@@ -1,0 +1,1 @@
+"""CLIP: resolving ``--model/--pretrained`` (no torch needed), loading one tower, encoding."""

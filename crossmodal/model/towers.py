@@ -1,0 +1,64 @@
+"""Load one tower of an open_clip model, so each encoder process holds only what it runs."""
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Callable
+
+import open_clip
+import torch
+
+from crossmodal.model.resolve import ModelSpec, ModelUnavailable, embed_dim
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Tower:
+    """One loaded tower: the module, its input transform and the model's identity."""
+
+    module: torch.nn.Module
+    transform: Callable  # image preprocess or text tokenizer
+    spec: ModelSpec
+    device: torch.device
+    dim: int
+
+
+def create_model(spec: ModelSpec, device: torch.device, seed: int = 0):
+    """The whole open_clip model and its evaluation transform, as ``spec`` says."""
+    torch.manual_seed(seed)  # random-init models (tests, benchmarks) are reproducible
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.name, pretrained=spec.checkpoint, device=device, force_quick_gelu=spec.quick_gelu,
+            **{k: v for k, v in spec.preprocess.items() if v is not None},
+        )
+    except (RuntimeError, FileNotFoundError, KeyError) as err:
+        raise ModelUnavailable(f"cannot load {spec.label} from {spec.checkpoint}: {err}") from err
+    return model.eval(), preprocess
+
+
+def load_image_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
+    """Load the model and keep only ``visual``: the text transformer is dropped."""
+    dev = pick_device(device)
+    model, preprocess = create_model(spec, dev, seed)
+    visual = model.visual
+    del model
+    gc.collect()
+    return Tower(visual, preprocess, spec, dev, embed_dim(spec))
+
+
+def load_text_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
+    """Load the model and drop ``visual``: only the text tower stays in memory."""
+    from crossmodal.model.cpu_layout import relayout_text_tower
+
+    dev = pick_device(device)
+    model, _ = create_model(spec, dev, seed)
+    del model.visual
+    if dev.type == "cpu":
+        relayout_text_tower(model)
+    gc.collect()
+    return Tower(model, open_clip.get_tokenizer(spec.name), spec, dev, embed_dim(spec))

@@ -1,0 +1,1 @@
+"""Serving: starting the Flow from settings, and the gateway that adds the web page."""

@@ -1,0 +1,1 @@
+"""Training and evaluation: uses the library, never imported by it."""
