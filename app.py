@@ -144,6 +144,10 @@ def run_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.task != "finetune":  # this process and the Flow's, forked from it, run no model
+        from crossmodal.model.guard import block_model_libraries
+
+        block_model_libraries()
     from crossmodal.index.store import WorkspaceError
     from crossmodal.model.resolve import ModelUnavailable
 

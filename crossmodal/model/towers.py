@@ -8,7 +8,7 @@ from typing import Callable
 import open_clip
 import torch
 
-from crossmodal.model.resolve import ModelSpec, ModelUnavailable, embed_dim
+from crossmodal.model.resolve import ModelSpec, ModelUnavailable, embed_dim, register_local_configs
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -30,6 +30,7 @@ class Tower:
 
 def create_model(spec: ModelSpec, device: torch.device, seed: int = 0):
     """The whole open_clip model and its evaluation transform, as ``spec`` says."""
+    register_local_configs()
     torch.manual_seed(seed)  # random-init models (tests, benchmarks) are reproducible
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(

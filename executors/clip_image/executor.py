@@ -3,18 +3,22 @@
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
-import torch
-from docarray import DocList
-from jina import Executor, requests
-from open_clip.utils import to_2tuple
+from crossmodal.model.guard import allow_model_libraries
 
-from crossmodal.api.schemas import ContentDoc
-from crossmodal.api.validate import mark_error
-from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
-from crossmodal.model.encode import encode_pixels
-from crossmodal.model.resolve import resolve
-from crossmodal.model.towers import load_image_tower
-from crossmodal.settings import ENCODER, LIMITS
+allow_model_libraries()  # the launcher blocks torch in every process it forks; this one runs the model
+
+import torch  # noqa: E402
+from docarray import DocList  # noqa: E402
+from jina import Executor, dynamic_batching, requests  # noqa: E402
+from open_clip.utils import to_2tuple  # noqa: E402
+
+from crossmodal.api.schemas import ContentDoc  # noqa: E402
+from crossmodal.api.validate import mark_error  # noqa: E402
+from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri  # noqa: E402
+from crossmodal.model.encode import encode_pixels  # noqa: E402
+from crossmodal.model.resolve import resolve  # noqa: E402
+from crossmodal.model.towers import load_image_tower  # noqa: E402
+from crossmodal.settings import ENCODER, LIMITS  # noqa: E402
 
 
 class ClipImageEncoder(Executor):
@@ -62,11 +66,13 @@ class ClipImageEncoder(Executor):
                     doc.uri = None
 
     @requests(on="/index")
+    @dynamic_batching(preferred_batch_size=ENCODER.batch_docs, timeout=ENCODER.batch_wait_ms)
     def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._encode([d for d in docs if d.error is None and d.modality == "image"], with_thumbnail=True)
         return docs
 
     @requests(on="/search")
+    @dynamic_batching(preferred_batch_size=ENCODER.batch_docs, timeout=ENCODER.batch_wait_ms)
     def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._encode([d for d in docs if d.error is None and (d.blob or d.uri)], with_thumbnail=False)
         return docs

@@ -2,15 +2,19 @@
 
 from typing import Callable, Optional
 
-from docarray import DocList
-from jina import Executor, requests
+from crossmodal.model.guard import allow_model_libraries
 
-from crossmodal.api.schemas import ContentDoc
-from crossmodal.api.validate import content_error, mark_error, query_error
-from crossmodal.model.encode import encode_texts
-from crossmodal.model.resolve import resolve
-from crossmodal.model.towers import load_text_tower
-from crossmodal.settings import ENCODER, LIMITS, Limits
+allow_model_libraries()  # the launcher blocks torch in every process it forks; this one runs the model
+
+from docarray import DocList  # noqa: E402
+from jina import Executor, dynamic_batching, requests  # noqa: E402
+
+from crossmodal.api.schemas import ContentDoc  # noqa: E402
+from crossmodal.api.validate import content_error, mark_error, query_error  # noqa: E402
+from crossmodal.model.encode import encode_texts  # noqa: E402
+from crossmodal.model.resolve import resolve  # noqa: E402
+from crossmodal.model.towers import load_text_tower  # noqa: E402
+from crossmodal.settings import ENCODER, LIMITS, Limits  # noqa: E402
 
 
 class ClipTextEncoder(Executor):
@@ -36,12 +40,14 @@ class ClipTextEncoder(Executor):
                 mark_error(doc, error)
 
     @requests(on="/index")
+    @dynamic_batching(preferred_batch_size=ENCODER.batch_docs, timeout=ENCODER.batch_wait_ms)
     def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._validate(docs, content_error)
         self._encode([d for d in docs if d.error is None and d.modality == "text"])
         return docs
 
     @requests(on="/search")
+    @dynamic_batching(preferred_batch_size=ENCODER.batch_docs, timeout=ENCODER.batch_wait_ms)
     def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._validate(docs, query_error)
         self._encode([d for d in docs if d.error is None and not (d.blob or d.uri)])
