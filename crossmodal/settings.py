@@ -65,6 +65,7 @@ class EncoderSettings:
     # Jina dynamic batching of concurrent /index and /search requests in the encoders: a
     # request waits at most batch_wait_ms for others (what a lone request pays per encoder),
     # and a batch runs as soon as it holds batch_docs documents.
+    text_precision: str = "fp32"  # or "int8" (opt-in, CPU): crossmodal/model/precision.py
     batch_docs: int = 16
     batch_wait_ms: int = 3
 
@@ -84,4 +85,5 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     device: str = "auto"
     index_factory: str = INDEX.factory
+    precision: str = ENCODER.text_precision
     data_roots: Sequence[str] = field(default_factory=tuple)

@@ -22,9 +22,9 @@ class ClipTextEncoder(Executor):
 
     def __init__(self, model: Optional[str] = None, pretrained: Optional[str] = None,
                  device: str = "auto", batch_size: int = ENCODER.text_batch_size,
-                 max_text_chars: int = LIMITS.max_text_chars, **kwargs):
+                 max_text_chars: int = LIMITS.max_text_chars, precision: str = ENCODER.text_precision, **kwargs):
         super().__init__(**kwargs)
-        self.tower = load_text_tower(resolve(model or None, pretrained or None), device)
+        self.tower = load_text_tower(resolve(model or None, pretrained or None), device, precision=precision)
         self.batch_size = batch_size
         self.limits = Limits(max_text_chars=max_text_chars)
 
