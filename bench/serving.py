@@ -205,7 +205,7 @@ def load(target: Target, clients: int, per_client: int) -> tuple[float, list[flo
 def concurrency(report: Report, ours: Target, theirs: Target, run: int, quick: bool) -> dict:
     out = {}
     for clients in CLIENTS:
-        per_client = max(3, (24 if quick else 48) // clients)
+        per_client = max(2, (32 if quick else 64) // clients)
         for target in (ours, theirs):
             target.query()  # warm
             qps, lat = load(target, clients, per_client)
@@ -214,6 +214,63 @@ def concurrency(report: Report, ours: Target, theirs: Target, run: int, quick: b
             report.add(Figure(f"run {run}: {target.name}, {clients} concurrent HTTP clients", qps, "QPS",
                               note=f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, {len(lat)} queries"))
     return out
+
+
+def profile(report: Report, server: Server, repeats: int) -> None:
+    """Where one request's time goes: each executor's own time (Jina's route records), the rest
+    being the gateway and the hops; inside the executors, the steps timed in this process."""
+    from docarray import DocList
+    from jina import Client
+
+    from bench.flow import executor_seconds
+    from crossmodal.api.schemas import ContentDoc
+
+    client = Client(host="127.0.0.1", port=server.grpc_port)
+    jpeg = photo_jpeg(99)
+    cases = {"text query": ("/search", lambda i: ContentDoc(id="q", text=SHORT_QUERY)),
+             "one-image post": ("/index", lambda i: ContentDoc(id=f"prof{i}", owner="bench", modality="image",
+                                                              blob=jpeg))}
+    for case, (endpoint, make) in cases.items():
+        per_step: dict[str, list[float]] = {}
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            [response] = client.post(endpoint, DocList[ContentDoc]([make(i)]), parameters={"k": 10},
+                                     return_responses=True)
+            total = time.perf_counter() - start
+            if i == 0:
+                continue
+            steps = {route.executor: (route.end_time.ToNanoseconds() - route.start_time.ToNanoseconds()) / 1e6
+                     for route in response.routes
+                     if route.executor != "gateway" and route.start_time.seconds and route.end_time.seconds}
+            steps["gateway, hops, (de)serialisation"] = total * 1000 - executor_seconds(response) * 1000
+            for name, ms in steps.items():
+                per_step.setdefault(name, []).append(ms)
+        for name, values in per_step.items():
+            report.add(Figure(f"profile, {case} over gRPC: {name}", float(np.median(values)), "ms"))
+    _steps_in_process(report, jpeg, repeats)
+
+
+def _steps_in_process(report: Report, jpeg: bytes, repeats: int) -> None:
+    """The image executor's and the indexer's own steps for one 640x480 JPEG, timed alone."""
+    from bench.common import figure, repeat
+    from crossmodal.index.content import ContentIndex, IndexConfig
+    from crossmodal.index.store import Item
+    from crossmodal.inputs.images import ImageLimits, decode, thumbnail_data_uri
+
+    limits = ImageLimits(2**24, 10**8, ())
+    image = decode(jpeg, limits, min_size=256)
+    report.add(figure("profile step: decode 640x480 JPEG (reduced-scale)", repeat(lambda: decode(jpeg, limits,
+                      min_size=256), repeats), "ms", scale=1000))
+    report.add(figure("profile step: 256 px thumbnail JPEG", repeat(lambda: thumbnail_data_uri(image), repeats), "ms",
+                      scale=1000))
+    with tempfile.TemporaryDirectory() as tmp:
+        index = ContentIndex(IndexConfig(Path(tmp), "bench", 512))
+        vector = np.ones(512, np.float32) / np.sqrt(512)
+        counter = iter(range(10**6))
+        report.add(figure("profile step: indexer upsert of one item (SQLite commit + FAISS add)",
+                          repeat(lambda: index.upsert([Item(f"p{next(counter)}", "bench", "image", vector)]), repeats),
+                          "ms", scale=1000))
+        index.close()
 
 
 def start_baseline(vectors: Path) -> tuple[subprocess.Popen, int]:
@@ -245,6 +302,7 @@ def run(report: Report, quick: bool, runs: int = 2) -> None:
                 ours, theirs = Target("ours", server.http_port, True), Target("baseline Flask", port, False)
                 ours.query()
                 memory(report, server, role_names(server))
+                profile(report, server, 10)
                 one, conc = [], []
                 for run_no in range(1, runs + 1):
                     one.append(one_at_a_time(report, ours, theirs, 10 if quick else 20, run_no))

@@ -62,12 +62,10 @@ class EncoderSettings:
     image_batch_size: int = 32
     thumbnail_size: int = 256  # longest side of the JPEG stored for image results
     decode_threads: int = 2
-    # Jina dynamic batching of concurrent /index and /search requests in the encoders: a
-    # request waits at most batch_wait_ms for others (what a lone request pays per encoder),
-    # and a batch runs as soon as it holds batch_docs documents.
     text_precision: str = "fp32"  # or "int8" (opt-in, CPU): crossmodal/model/precision.py
+    # concurrent /index and /search requests that queue while an encoder computes run
+    # together next, up to batch_docs documents of several requests (crossmodal/model/batcher.py)
     batch_docs: int = 16
-    batch_wait_ms: int = 3
 
 
 ENCODER = EncoderSettings()

@@ -1,7 +1,7 @@
-"""Dynamic batching: concurrent requests are encoded together, and nobody can tell.
+"""Batching: concurrent requests are encoded together, and nobody can tell.
 
-The encoders merge concurrent /index and /search requests into one batch (Jina's
-dynamic batching); each request must still get exactly what it would have got
+The encoders merge concurrent /index and /search requests into one batch
+(crossmodal/model/batcher.py); each request must still get exactly what it would have got
 alone, and a bad document must still fail alone.
 """
 import os

@@ -1,5 +1,6 @@
 """Jina adapter: CLIP text embeddings for text content and text queries."""
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from crossmodal.model.guard import allow_model_libraries
@@ -7,10 +8,11 @@ from crossmodal.model.guard import allow_model_libraries
 allow_model_libraries()  # the launcher blocks torch in every process it forks; this one runs the model
 
 from docarray import DocList  # noqa: E402
-from jina import Executor, dynamic_batching, requests  # noqa: E402
+from jina import Executor, requests  # noqa: E402
 
 from crossmodal.api.schemas import ContentDoc  # noqa: E402
 from crossmodal.api.validate import content_error, mark_error, query_error  # noqa: E402
+from crossmodal.model.batcher import ContinuousBatcher  # noqa: E402
 from crossmodal.model.encode import encode_texts  # noqa: E402
 from crossmodal.model.resolve import resolve  # noqa: E402
 from crossmodal.model.towers import load_text_tower  # noqa: E402
@@ -27,6 +29,8 @@ class ClipTextEncoder(Executor):
         self.tower = load_text_tower(resolve(model or None, pretrained or None), device, precision=precision)
         self.batch_size = batch_size
         self.limits = Limits(max_text_chars=max_text_chars)
+        self.worker = ThreadPoolExecutor(1)  # the model runs in one thread, never blocking Jina's event loop
+        self.batcher = ContinuousBatcher(self._encode, ENCODER.batch_docs, self.worker)
 
     def _encode(self, docs: list[ContentDoc]) -> None:
         if docs:
@@ -40,20 +44,22 @@ class ClipTextEncoder(Executor):
                 mark_error(doc, error)
 
     @requests(on="/index")
-    @dynamic_batching(preferred_batch_size=ENCODER.batch_docs, timeout=ENCODER.batch_wait_ms)
-    def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+    async def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._validate(docs, content_error)
-        self._encode([d for d in docs if d.error is None and d.modality == "text"])
+        await self.batcher.run([d for d in docs if d.error is None and d.modality == "text"])
         return docs
 
     @requests(on="/search")
-    @dynamic_batching(preferred_batch_size=ENCODER.batch_docs, timeout=ENCODER.batch_wait_ms)
-    def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+    async def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._validate(docs, query_error)
-        self._encode([d for d in docs if d.error is None and not (d.blob or d.uri)])
+        await self.batcher.run([d for d in docs if d.error is None and not (d.blob or d.uri)])
         return docs
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         """Pass-through: Jina requires every hop after the recommender to bind /recommend."""
         return None
+
+    def close(self) -> None:
+        self.worker.shutdown()
+        super().close()
