@@ -3,8 +3,9 @@
 Loading builds the whole open_clip model (and, with a checkpoint, a second copy in
 the state dict), then keeps one tower: hundreds of MB are freed. glibc raises its
 mmap threshold after the first large free, so later tensors come from the heap and
-what they free stays in the process (measured: the text encoder kept ~450 MB it no
-longer used). Fixing the threshold and trimming after the load returns it.
+what they free stays in the process. Fixing the threshold and trimming after the load
+returns it (measured, ViT-B-32 text tower from a checkpoint: the load left 390 MB of
+anonymous memory, 265 MB with this; with random weights 285 vs 265 MB).
 """
 from __future__ import annotations
 
