@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Callable, Generic, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -29,6 +29,7 @@ class ContinuousBatcher(Generic[T]):
         self.fn, self.max_items, self.worker = fn, max_items, worker
         self._pending: list[tuple[Sequence[T], asyncio.Future]] = []
         self._draining = False
+        self._task: Optional[asyncio.Task] = None  # held: the event loop keeps only weak references
 
     async def run(self, items: Sequence[T]) -> None:
         if not items:
@@ -37,7 +38,7 @@ class ContinuousBatcher(Generic[T]):
         self._pending.append((items, future))
         if not self._draining:
             self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())
         await future
 
     def _take(self) -> list[tuple[Sequence[T], asyncio.Future]]:
