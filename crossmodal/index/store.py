@@ -259,6 +259,12 @@ class Store:
             ).fetchall()
         return np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
 
+    def vids(self, modality: str) -> np.ndarray:
+        """Every stored vid of one modality, sorted: what its FAISS index must hold."""
+        with self._lock:
+            records = self._db.execute("SELECT vid FROM items WHERE modality=? ORDER BY vid", (modality,)).fetchall()
+        return np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
+
     def iter_embeddings(self, modality: str, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(vids, embeddings) in chunks, so rebuilding a large index never holds two copies."""
         last = -1
