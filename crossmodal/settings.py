@@ -42,9 +42,9 @@ class Limits:
     # one HTTP request: refused up front with 413 above these (checked before parsing)
     max_body_bytes: int = 32 * 2**20
     max_docs_per_request: int = 10_000
-    # /index travels the Flow in chunks of this many documents, one after the other, so a
-    # concurrent search waits about one chunk; the answer comes once every chunk is done
-    index_chunk_docs: int = 256
+    # an HTTP request travels the Flow in chunks of this many documents, one after the other,
+    # so a concurrent search waits about one chunk; the answer comes once every chunk is done
+    chunk_docs: int = 256
     max_thumbnails_per_response: int = 100  # further image matches come without thumbnail
     # /recommend: work per request is bounded whatever the knobs or the history length
     max_recommend_seeds: int = 10
@@ -97,3 +97,5 @@ class ServiceConfig:
     device: str = "auto"
     index_factory: str = INDEX.factory
     data_roots: Sequence[str] = field(default_factory=tuple)
+    # after Ctrl-C/SIGTERM the Flow closes gracefully for this long, then what is left is killed
+    stop_grace_s: float = 8.0

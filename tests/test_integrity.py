@@ -1,5 +1,7 @@
 """Issue 15, library level: what the indexer stores can always be returned, and FAISS
 never holds a vector without its row. (End-to-end checks: tests/test_integrity_e2e.py.)"""
+import os
+
 import numpy as np
 import pytest
 from docarray import DocList
@@ -120,3 +122,43 @@ def test_saved_index_that_disagrees_with_the_store_is_rebuilt(tmp_path):
     assert reopened.vectors["text"].live_vids().tolist() == reopened.store.vids("text").tolist()
     assert orphan not in reopened.vectors["text"].live_vids()
     reopened.close()
+
+
+# -- finding 6: a stop that hangs (an executor stuck in a request) is cut short ------------------
+STUCK = """
+import os, signal, sys, time
+from crossmodal.serve.shutdown import hard_stop_after
+child = os.fork()
+if child == 0:  # an executor stuck in a long request, deaf to the stop signals
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(1)
+print(child, flush=True)
+hard_stop_after(1.0)
+time.sleep(600)  # Flow.close waiting on it forever
+"""
+
+
+def test_hard_stop_kills_a_stuck_process_tree():
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from crossmodal.settings import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", STUCK], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        assert proc.wait(30) == 0
+        deadline = time.time() + 10
+        while Path(f"/proc/{child}").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    finally:
+        for pid in (child, proc.pid):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass

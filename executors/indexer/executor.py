@@ -52,11 +52,12 @@ class CrossmodalIndexer(Executor):
     def search(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
         params = client_params(parse_search_params, parameters)
         ready = [d for d in docs if d.error is None and d.embedding is not None]
-        for modality in MODALITIES:
-            found = (self.index.search([d.embedding for d in ready], modality, params.k, params.username)
-                     if modality in params.modalities else [[] for _ in ready])
-            thumbs = self._thumbnails([m for ms in found for m in ms]) if params.with_thumbnails else {}
-            for doc, matches in zip(ready, found):
+        found = {modality: self.index.search([d.embedding for d in ready], modality, params.k, params.username)
+                 if modality in params.modalities else [[] for _ in ready] for modality in MODALITIES}
+        every = [m for by_query in found.values() for ms in by_query for m in ms]
+        thumbs = self._thumbnails(every) if params.with_thumbnails else {}
+        for modality, by_query in found.items():
+            for doc, matches in zip(ready, by_query):
                 setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
         for doc in docs:
             if doc.error is None:
