@@ -1,6 +1,6 @@
 """Run every benchmark, print a table, write bench/results.json.
 
-    python -m bench [--quick] [--only flow,encoders,vectors]
+    python -m bench [--quick] [--only flow,encoders,vectors,contention]
     python bench/run.py [--quick]
 """
 import argparse
@@ -39,7 +39,7 @@ def relate(report: common.Report, flow: dict, encoders: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes on 2 cores")
-    parser.add_argument("--only", default="flow,encoders,vectors")
+    parser.add_argument("--only", default="flow,encoders,vectors,contention")
     args = parser.parse_args(argv)
     wanted = args.only.split(",")
     report, started = common.Report(), time.time()
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     if "vectors" in wanted:
         from bench import vectors
         vectors.run(report, args.quick)
+    if "contention" in wanted:
+        from bench import contention
+        contention.run(report, args.quick)
     rendered = table(report.figures)
     print("\n" + rendered)
     RESULTS.write_text(json.dumps({"machine": common.machine(), "quick": args.quick,
