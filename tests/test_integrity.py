@@ -162,3 +162,15 @@ def test_hard_stop_kills_a_stuck_process_tree():
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+
+
+# -- finding 5/7: thumbnails are capped per response -----------------------------------------------
+def test_thumbnails_are_capped_per_response(tmp_path):
+    index = _index(tmp_path)
+    vectors = unit_rows(5, DIM, seed=4)
+    index.upsert([Item(f"img{i}", "alice", "image", v, thumbnail=f"data:image/jpeg;base64,{i}")
+                  for i, v in enumerate(vectors)])
+    [matches] = index.search(vectors[:1], "image", 5)
+    assert len(index.thumbnails(matches)) == 5
+    assert set(index.thumbnails(matches, limit=2)) == {m.row.vid for m in matches[:2]}
+    index.close()

@@ -16,7 +16,7 @@ import numpy as np
 
 from crossmodal.index.store import Item, Row, Store, WorkspaceLock
 from crossmodal.index.vectors import VectorIndex
-from crossmodal.settings import INDEX, MODALITIES
+from crossmodal.settings import INDEX, LIMITS, MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,11 @@ class ContentIndex:
             for qs, qv in zip(scores, vids)
         ]
 
-    def thumbnails(self, matches: Sequence[Match]) -> dict[int, str]:
-        """Stored thumbnails (``data:`` URIs) of image matches, by vid."""
-        return self.store.thumbnails([m.row.vid for m in matches if m.row.modality == "image"])
+    def thumbnails(self, matches: Sequence[Match], limit: int = LIMITS.max_thumbnails_per_response
+                   ) -> dict[int, str]:
+        """Stored thumbnails (``data:`` URIs) of the first ``limit`` image matches, by vid:
+        one response stays bounded whatever k and the number of queries."""
+        return self.store.thumbnails([m.row.vid for m in matches if m.row.modality == "image"][:limit])
 
     def stats(self) -> dict:
         return {

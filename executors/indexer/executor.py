@@ -11,7 +11,7 @@ from crossmodal.api.schemas import ContentDoc
 from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error
 from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.recommend.pick import recommend
-from crossmodal.settings import INDEX, LIMITS, MODALITIES
+from crossmodal.settings import INDEX, MODALITIES
 
 
 class CrossmodalIndexer(Executor):
@@ -55,7 +55,7 @@ class CrossmodalIndexer(Executor):
         found = {modality: self.index.search([d.embedding for d in ready], modality, params.k, params.username)
                  if modality in params.modalities else [[] for _ in ready] for modality in MODALITIES}
         every = [m for by_query in found.values() for ms in by_query for m in ms]
-        thumbs = self._thumbnails(every) if params.with_thumbnails else {}
+        thumbs = self.index.thumbnails(every) if params.with_thumbnails else {}
         for modality, by_query in found.items():
             for doc, matches in zip(ready, by_query):
                 setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
@@ -71,16 +71,11 @@ class CrossmodalIndexer(Executor):
         for doc in docs:
             seeds = convert.seeds(doc.seeds)
             picks = recommend(self.index, seeds, params) if seeds else {}
-            thumbs = self._thumbnails(convert.picked_matches(picks)) if params.with_thumbnails else {}
+            thumbs = self.index.thumbnails(convert.picked_matches(picks)) if params.with_thumbnails else {}
             doc.from_text = convert.pick_group(picks.get("text", {}), thumbs)
             doc.from_image = convert.pick_group(picks.get("image", {}), thumbs)
             doc.seeds, doc.status = None, "ok"
         return docs
-
-    def _thumbnails(self, matches: list) -> dict[int, str]:
-        """Thumbnails of the first image matches only: a response stays bounded whatever k."""
-        images = [m for m in matches if m.row.modality == "image"]
-        return self.index.thumbnails(images[:LIMITS.max_thumbnails_per_response])
 
     @requests(on="/delete")
     def delete(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
