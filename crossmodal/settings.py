@@ -44,7 +44,7 @@ class Limits:
     max_docs_per_request: int = 10_000
     # an HTTP request travels the Flow in chunks of this many documents, one after the other,
     # so a concurrent search waits about one chunk; the answer comes once every chunk is done
-    chunk_docs: int = 256
+    chunk_docs: int = 64  # = the text encoder batch: a search waits one encoder batch
     max_thumbnails_per_response: int = 100  # further image matches come without thumbnail
     # /recommend: work per request is bounded whatever the knobs or the history length
     max_recommend_seeds: int = 10
