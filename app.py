@@ -103,6 +103,7 @@ def run_index(args: argparse.Namespace) -> int:
 
 def run_query(args: argparse.Namespace) -> int:
     from crossmodal.serve.flow import build_flow, started, stop_on_signals
+    from crossmodal.serve.shutdown import hard_stop_after
 
     cfg = service_config(args)
     with started(build_flow(cfg)), stop_on_signals() as stop:
@@ -116,6 +117,8 @@ def run_query(args: argparse.Namespace) -> int:
               f"\"parameters\": {{\"k\": 3, \"username\": \"alice\"}}}}'\n", flush=True)
         while not stop.wait(timeout=0.5):  # see stop_on_signals
             pass
+        deadline = hard_stop_after(cfg.stop_grace_s)  # even a running request cannot hold the ports
+    deadline.cancel()
     return 0
 
 

@@ -35,6 +35,23 @@ class Limits:
     max_tags_bytes: int = 16_384
     max_image_bytes: int = 20 * 2**20
     max_image_pixels: int = 40_000_000
+    # tags: nesting depth and keys (all levels) bound what every later response carries;
+    # Jina's protobuf transport fails on deeply nested structs
+    max_tags_depth: int = 8
+    max_tags_keys: int = 256
+    # one HTTP request: refused up front with 413 above these (checked before parsing)
+    max_body_bytes: int = 32 * 2**20
+    max_docs_per_request: int = 10_000
+    # an HTTP request travels the Flow in chunks of this many documents, one after the other,
+    # so a concurrent search waits about one chunk; the answer comes once every chunk is done
+    chunk_docs: int = 64  # = the text encoder batch: a search waits one encoder batch
+    max_thumbnails_per_response: int = 100  # further image matches come without thumbnail
+    # /recommend: work per request is bounded whatever the knobs or the history length
+    max_recommend_seeds: int = 10
+    max_recommend_candidates: int = 5_000  # candidates fetched per request, all seeds together
+    max_recommend_history: int = 1_000  # most recent posts used (clustering and novelty)
+    max_cluster_size: int = 200  # HDBSCAN min_cluster_size / min_samples upper bound
+    embedding_norm_tolerance: float = 1e-3  # stored embeddings are unit vectors
 
 
 LIMITS = Limits()
@@ -85,3 +102,5 @@ class ServiceConfig:
     index_factory: str = INDEX.factory
     precision: str = ENCODER.text_precision
     data_roots: Sequence[str] = field(default_factory=tuple)
+    # after Ctrl-C/SIGTERM the Flow closes gracefully for this long, then what is left is killed
+    stop_grace_s: float = 8.0

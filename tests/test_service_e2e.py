@@ -154,10 +154,10 @@ def test_jina_http_client_works_too(service):
 ])
 def test_bad_parameters_are_clear_errors_and_service_survives(service, parameters, name):
     status, body = http_post(service["http"], "/search", [{"id": "q", "text": "red"}], parameters)
-    assert status == 500 and name in body["detail"]
+    assert status == 422 and name in body["detail"] and body["field"] == name.strip("'")
     with pytest.raises(BadServer) as failure:
         grpc_post(service, "/search", [ContentDoc(id="q", text="red")], **parameters)
-    assert "ValueError" in str(failure.value) and name.strip("'") in str(failure.value)
+    assert "RequestError" in str(failure.value) and name.strip("'") in str(failure.value)
     [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="red")], k=1)
     assert len(doc.text_matches) == 1
 
@@ -216,9 +216,9 @@ def test_recommend_cold_start_and_bad_parameters(service):
     assert status == 200 and "no posts" in doc["reason"]
     assert not doc["from_text"]["text_matches"] and not doc["from_image"]["image_matches"]
     status, body = http_post(service["http"], "/recommend", [{}], {"k": 3})
-    assert status == 500 and "username" in body["detail"]
+    assert status == 422 and "username" in body["detail"]
     status, body = http_post(service["http"], "/recommend", [{}], {"username": "bob", "k": "ten"})
-    assert status == 500 and "'k'" in body["detail"]
+    assert status == 422 and "'k'" in body["detail"]
 
 
 def test_second_server_on_the_workspace_refuses(service):

@@ -12,6 +12,7 @@ import numpy as np
 from docarray import DocList
 
 from crossmodal.api.schemas import ContentDoc, MatchDoc, MatchGroup, SeedDoc
+from crossmodal.api.validate import string_error, tags_error
 from crossmodal.index.store import Item
 
 if TYPE_CHECKING:
@@ -26,11 +27,21 @@ def item(doc: ContentDoc) -> Item:
                 doc.tags or {}, doc.thumbnail)
 
 
+def _sendable(value: Optional[str]) -> Optional[str]:
+    """A stored string as it can travel (rows written before validation may hold anything)."""
+    if string_error("", value) is None:
+        return value
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def match_doc(match: Match, thumbnail: Optional[str] = None, seed: Optional[Seed] = None) -> MatchDoc:
+    """A result document; a stored row that breaks today's limits is still answered, with
+    its unsendable parts replaced, so one old row can never fail every search that finds it."""
     row = match.row
+    tags = row.tags if tags_error(row.tags) is None else {"invalid_tags": tags_error(row.tags)}
     return MatchDoc(
-        id=row.id, owner=row.owner, modality=row.modality, score=match.score, text=row.text,
-        uri=row.uri, tags=row.tags, thumbnail=thumbnail,
+        id=_sendable(row.id), owner=_sendable(row.owner), modality=row.modality, score=match.score,
+        text=_sendable(row.text), uri=_sendable(row.uri), tags=tags, thumbnail=thumbnail,
         seed=f"{seed.modality}:{seed.kind}:{seed.cluster}" if seed else None,
         cluster=seed.cluster if seed else None,
     )

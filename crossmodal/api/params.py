@@ -101,9 +101,9 @@ class RecommendParams:
 
     username: Optional[str] = param(None, username)
     k: int = K
-    min_cluster_size: int = param(3, number(2, 1000, integer=True))  # HDBSCAN needs >= 2
-    min_samples: int = param(2, number(1, 1000, integer=True))
-    max_seeds: int = param(3, number(1, 100, integer=True))
+    min_cluster_size: int = param(3, number(2, LIMITS.max_cluster_size, integer=True))  # HDBSCAN needs >= 2
+    min_samples: int = param(2, number(1, LIMITS.max_cluster_size, integer=True))
+    max_seeds: int = param(3, number(1, LIMITS.max_recommend_seeds, integer=True))
     outlier_share: float = param(0.2, number(0, 1, high_open=True))  # 1 would leave no room for interests
     novelty_threshold: float = param(0.95, number(0, 1, low_open=True))
     diversity: float = param(0.7, number(0, 1))  # MMR lambda: 1 = pure relevance, 0 = pure diversity

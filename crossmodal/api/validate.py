@@ -6,10 +6,110 @@ and the message, and its siblings go on.
 from __future__ import annotations
 
 import json
-from typing import Optional
+import math
+from typing import Any, Callable, Mapping, Optional, TypeVar
+
+import numpy as np
 
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.settings import LIMITS, MODALITIES, Limits
+
+STRING_FIELDS = ("id", "owner", "modality", "text", "uri")
+P = TypeVar("P")
+
+
+class RequestError(ValueError):
+    """A client error (bad parameter, unusable request): the gateway answers it with 4xx.
+
+    Jina carries only the exception's class name and message to the gateway, so the
+    name itself is the contract (``gateway.CLIENT_ERRORS``).
+    """
+
+
+def client_params(parse: Callable[[Mapping[str, Any]], P], parameters: Mapping[str, Any]) -> P:
+    """Run a ``params.parse_*`` function; its errors are the client's (HTTP 422, not 500)."""
+    try:
+        return parse(parameters)
+    except ValueError as err:
+        raise RequestError(str(err)) from None
+
+
+def string_error(name: str, value: Any) -> Optional[str]:
+    """Strings are stored in SQLite and sent as protobuf/JSON: valid Unicode, no NUL."""
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
+        return f"{name}: contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"{name}: not valid Unicode ({err.reason} at position {err.start})"
+    return None
+
+
+def tags_error(tags: Any, limits: Limits = LIMITS) -> Optional[str]:
+    """Why ``tags`` cannot be stored and returned in every later response, or None.
+
+    Walks iteratively and stops at the first limit, so a hostile value costs at most
+    ``max_tags_keys`` steps here (its size was already bounded by the request body).
+    """
+    if tags is None:
+        return None
+    if not isinstance(tags, dict):
+        return f"tags: must be a JSON object, got {type(tags).__name__}"
+    keys, stack = 0, [(tags, 1, "tags")]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > limits.max_tags_depth:
+            return f"tags: nested deeper than max_tags_depth={limits.max_tags_depth} at {path}"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            keys += 1
+            if keys > limits.max_tags_keys:
+                return f"tags: more than max_tags_keys={limits.max_tags_keys} keys and items"
+            where = f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]"
+            error = string_error(f"{where} (key)", key) or string_error(where, child)
+            if error:
+                return error
+            if isinstance(child, float) and not math.isfinite(child):
+                return f"{where}: {child} is not a JSON number"
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1, where))
+    try:
+        size = len(json.dumps(tags, allow_nan=False).encode())
+    except (TypeError, ValueError) as err:
+        return f"tags: not JSON-serialisable ({err})"
+    if size > limits.max_tags_bytes:
+        return f"tags: {size} bytes exceeds max_tags_bytes={limits.max_tags_bytes}"
+    return None
+
+
+def strings_error(doc: ContentDoc, limits: Limits = LIMITS) -> Optional[str]:
+    """The first string field (or tag) of a document that cannot be stored or sent back."""
+    for name in STRING_FIELDS:
+        error = string_error(name, getattr(doc, name, None))
+        if error:
+            return error
+    return tags_error(doc.tags, limits)
+
+
+def embedding_error(embedding: Any, dim: int, limits: Limits = LIMITS) -> Optional[str]:
+    """Only unit vectors of the model's dimension are stored: anything else would rank
+    wrongly in every search (a 1e30 vector scores 1e30 against every query)."""
+    if embedding is None:
+        return "embedding: missing (no encoder handled this document)"
+    try:
+        vector = np.asarray(embedding, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        return f"embedding: not a numeric vector ({err})"
+    if vector.shape != (dim,):
+        return f"embedding: shape {vector.shape} != ({dim},)"
+    if not np.isfinite(vector).all():
+        return "embedding: contains NaN or infinity"
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    if abs(norm - 1.0) > limits.embedding_norm_tolerance:
+        return f"embedding: norm {norm:.6g} is not 1 (encoders produce unit vectors)"
+    return None
 
 
 def content_error(doc: ContentDoc, limits: Limits = LIMITS, encoded: bool = False) -> Optional[str]:
@@ -19,6 +119,9 @@ def content_error(doc: ContentDoc, limits: Limits = LIMITS, encoded: bool = Fals
     """
     if not doc.id or not isinstance(doc.id, str) or len(doc.id) > limits.max_id_chars:
         return f"id: required, a non-empty string of at most {limits.max_id_chars} characters"
+    error = strings_error(doc, limits)
+    if error:
+        return error
     if not doc.owner or not doc.owner.strip():
         return "owner: required (the username who posted the content)"
     if doc.modality not in MODALITIES:
@@ -30,18 +133,14 @@ def content_error(doc: ContentDoc, limits: Limits = LIMITS, encoded: bool = Fals
             return f"text: {len(doc.text)} characters exceeds max_text_chars={limits.max_text_chars}"
     elif not encoded and not doc.blob and not doc.uri:
         return "blob/uri: an image needs raw bytes (blob) or a uri"
-    if doc.tags is not None:
-        try:
-            size = len(json.dumps(doc.tags))
-        except (TypeError, ValueError) as err:
-            return f"tags: not JSON-serialisable ({err})"
-        if size > limits.max_tags_bytes:
-            return f"tags: {size} bytes exceeds max_tags_bytes={limits.max_tags_bytes}"
     return None
 
 
 def query_error(doc: ContentDoc, limits: Limits = LIMITS) -> Optional[str]:
     """Why a query document cannot be searched, or None."""
+    error = strings_error(doc, limits)
+    if error:
+        return error
     if doc.blob or doc.uri:
         return None
     if not doc.text or not doc.text.strip():

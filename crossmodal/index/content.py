@@ -16,7 +16,7 @@ import numpy as np
 
 from crossmodal.index.store import Item, Row, Store, WorkspaceLock
 from crossmodal.index.vectors import VectorIndex
-from crossmodal.settings import INDEX, MODALITIES
+from crossmodal.settings import INDEX, LIMITS, MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,10 @@ class ContentIndex:
         cfg = self.config
         loaded = VectorIndex.load(self._vector_path(modality), self.store.generation, cfg.dim,
                                   cfg.factory, **self._vector_params())
-        if loaded is not None:
+        if loaded is not None and np.array_equal(loaded.live_vids(), self.store.vids(modality)):
             return loaded
+        if loaded is not None:  # same generation but other content: saved by a buggy or foreign writer
+            log.warning("the saved %s FAISS index disagrees with the store: rebuilding it", modality)
         log.info("rebuilding the %s FAISS index from the store", modality)
         return VectorIndex.build(cfg.dim, cfg.factory, self.store.iter_embeddings(modality),
                                  **self._vector_params())
@@ -88,10 +90,19 @@ class ContentIndex:
 
     # -- writes ---------------------------------------------------------------------
     def upsert(self, items: Sequence[Item]) -> list[str]:
-        """Store then index; returns 'indexed' or 'updated' per item."""
+        """Store then index; returns 'indexed' or 'updated' per item.
+
+        An id given twice is stored once, as its last copy; the earlier copies answer
+        'duplicate' (storing both would leave the first vector in FAISS with no row).
+        """
         for item in items:
             if item.embedding.shape != (self.config.dim,):
                 raise ValueError(f"embedding: shape {item.embedding.shape} != ({self.config.dim},)")
+        last = {item.id: i for i, item in enumerate(items)}
+        if len(last) < len(items):
+            kept = sorted(last.values())
+            statuses = dict(zip(kept, self.upsert([items[i] for i in kept])))
+            return [statuses.get(i, "duplicate") for i in range(len(items))]
         with self._write_lock:
             results = self.store.upsert(items)
             for modality in MODALITIES:
@@ -135,9 +146,11 @@ class ContentIndex:
             for qs, qv in zip(scores, vids)
         ]
 
-    def thumbnails(self, matches: Sequence[Match]) -> dict[int, str]:
-        """Stored thumbnails (``data:`` URIs) of image matches, by vid."""
-        return self.store.thumbnails([m.row.vid for m in matches if m.row.modality == "image"])
+    def thumbnails(self, matches: Sequence[Match], limit: int = LIMITS.max_thumbnails_per_response
+                   ) -> dict[int, str]:
+        """Stored thumbnails (``data:`` URIs) of the first ``limit`` image matches, by vid:
+        one response stays bounded whatever k and the number of queries."""
+        return self.store.thumbnails([m.row.vid for m in matches if m.row.modality == "image"][:limit])
 
     def stats(self) -> dict:
         return {

@@ -259,6 +259,12 @@ class Store:
             ).fetchall()
         return np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
 
+    def vids(self, modality: str) -> np.ndarray:
+        """Every stored vid of one modality, sorted: what its FAISS index must hold."""
+        with self._lock:
+            records = self._db.execute("SELECT vid FROM items WHERE modality=? ORDER BY vid", (modality,)).fetchall()
+        return np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
+
     def iter_embeddings(self, modality: str, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(vids, embeddings) in chunks, so rebuilding a large index never holds two copies."""
         last = -1
@@ -274,13 +280,30 @@ class Store:
             yield vids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in records])
             last = int(vids[-1])
 
-    def history(self, owner: str, modality: str) -> History:
+    def iter_owner_embeddings(self, owner: str, modality: str, chunk: int = 10_000
+                              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(vids, embeddings) of one owner's posts in chunks: a long history is never one query result."""
+        last = -1
+        while True:
+            with self._lock:
+                records = self._db.execute(
+                    "SELECT vid, embedding FROM items WHERE owner=? AND modality=? AND vid>? ORDER BY vid LIMIT ?",
+                    (owner, modality, last, chunk),
+                ).fetchall()
+            if not records:
+                return
+            vids = np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
+            yield vids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in records])
+            last = int(vids[-1])
+
+    def history(self, owner: str, modality: str, limit: Optional[int] = None) -> History:
+        """The owner's posts, oldest first; with ``limit``, only the most recent ones."""
         with self._lock:
             records = self._db.execute(
                 "SELECT id, embedding, created_at FROM items WHERE owner=? AND modality=?"
-                " ORDER BY created_at, vid",
-                (owner, modality),
-            ).fetchall()
+                " ORDER BY created_at DESC, vid DESC LIMIT ?",
+                (owner, modality, -1 if limit is None else int(limit)),
+            ).fetchall()[::-1]
         if not records:
             return History([], np.zeros((0, 0), np.float32), np.zeros(0))
         return History(

@@ -91,6 +91,14 @@ class VectorIndex:
             except RuntimeError:  # HNSW cannot remove: hide the vectors instead
                 self.tombstones.update(int(v) for v in vids)
 
+    def live_vids(self) -> np.ndarray:
+        """The vids a search can return (tombstones excluded), sorted."""
+        with self._lock:
+            vids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        if self.tombstones:
+            vids = vids[~np.isin(vids, np.fromiter(self.tombstones, np.int64))]
+        return np.sort(vids)
+
     @property
     def size(self) -> int:
         """Live vectors (tombstones excluded)."""

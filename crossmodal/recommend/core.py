@@ -14,7 +14,7 @@ seeds so that the result list mirrors how much the user posts about each interes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -170,16 +170,22 @@ def candidate_budget(
     return int(min(max_budget, pool_factor * max(seed.share, 1) + max(n_history, 0)))
 
 
+# every embedding the user posted, or a function giving each row's best cosine to them
+History = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
+
+
 def select(
     seeds: list[Seed],
     candidates: list[list[Candidate]],
-    history: np.ndarray,
+    history: History,
     params: RecommendParams,
 ) -> dict[str, list[tuple[Candidate, Seed]]]:
     """Turn the seeds' search results into at most k picks per result modality.
 
     ``candidates[i]`` are seed i's results; ``history`` is every embedding the user
-    posted (any modality: cross-modal cosines never reach the novelty threshold).
+    posted (any modality: cross-modal cosines never reach the novelty threshold), or,
+    for a long history, a function answering "closest cosine to any of them" through
+    an index, so no candidates x history matrix is ever built.
     Near-copies of the history are dropped (the user has seen them), an item found by
     several seeds counts once, for the seed that scored it best. Picks are chosen by
     MMR over the whole list, so interests do not repeat one another, with seeds taking
@@ -200,8 +206,18 @@ def select(
     return picks
 
 
+def _closest(emb: np.ndarray, history: History) -> np.ndarray:
+    """Each row's highest cosine to the user's posts (-1 with no posts)."""
+    if callable(history):
+        return np.asarray(history(emb), dtype=np.float32)
+    history = np.asarray(history, dtype=np.float32)
+    if not history.size:
+        return np.full(len(emb), -1.0, np.float32)
+    return (emb @ _unit(history.reshape(-1, emb.shape[1])).T).max(axis=1)
+
+
 def _novel_unique(
-    candidates: list[list[Candidate]], history: np.ndarray, threshold: float
+    candidates: list[list[Candidate]], history: History, threshold: float
 ) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
     """Candidates that are no near-copy of the history, each (modality, id) once.
 
@@ -213,10 +229,7 @@ def _novel_unique(
         if c.modality not in MODALITIES:
             raise ValueError(f"candidate {c.id!r} has modality {c.modality!r}, expected one of {MODALITIES}")
     emb = _unit(np.stack([c.embedding for c, _ in flat])) if flat else np.zeros((0, 0), np.float32)
-    novel = np.ones(len(flat), dtype=bool)
-    history = np.asarray(history, dtype=np.float32)
-    if len(flat) and history.size:
-        novel = (emb @ _unit(history.reshape(-1, emb.shape[1])).T).max(axis=1) < threshold
+    novel = _closest(emb, history) < threshold if len(flat) else np.ones(0, dtype=bool)
     best: dict[tuple[str, str], int] = {}
     for row in np.flatnonzero(novel):
         c = flat[row][0]

@@ -1,11 +1,20 @@
-"""The Flow's gateway: Jina's own gRPC and HTTP servers, plus the web page on the HTTP port.
+"""The Flow's gateway: Jina's own gRPC and HTTP servers, plus the web page and request guards on HTTP.
 
 Jina has no option to serve static files, and a separate web server would need its
 own port, process and CORS set-up. Instead the HTTP server keeps Jina's FastAPI app
 (every endpoint, ``/docs``, the ``GET /`` health check) and gains ``/ui/``, served
-from the repository's ``ui/`` folder. Loaded by the Flow YAML through ``py_modules``,
-so this module imports nothing from the ``crossmodal`` package.
+from the repository's ``ui/`` folder.
+
+The HTTP server also answers every request whole and refuses what it cannot serve
+before doing the work (issue 15): ``guard_requests`` checks body size, document count
+and client routing before anything is parsed into documents; ``answer_whole`` sends
+the documents through the Flow in chunks, one after the other, and answers once all
+are done, mapping client errors to 4xx and an unreachable executor to 503. Loaded by
+the Flow YAML through ``py_modules``; it imports only light parts of ``crossmodal``.
 """
+import json
+import re
+import sys
 from pathlib import Path
 
 from jina.enums import ProtocolType
@@ -14,8 +23,207 @@ from jina.serve.runtimes.gateway.composite import CompositeGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
-UI_DIR = Path(__file__).resolve().parents[2] / "ui"
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # py_modules loading does not put the repository on the path
+    sys.path.insert(0, str(ROOT))
+
+from crossmodal.settings import LIMITS, Limits  # noqa: E402
+
+UI_DIR = ROOT / "ui"
 UI_PATH = "/ui"
+CLIENT_ERRORS = {"RequestError"}  # exception names (crossmodal.api.validate) answered with 422
+ROUTING_KEYS = ("target_executor", "targetExecutor")  # header fields only the gateway may set
+
+
+class Refused(Exception):
+    """An answer other than 200, with a JSON body naming what was wrong."""
+
+    def __init__(self, status: int, detail: str, **names):
+        super().__init__(detail)
+        self.status, self.body = status, {"detail": detail, **names}
+
+
+def refusal(body: bytes, limits: Limits = LIMITS):
+    """Why a JSON request body is refused before Jina parses it into documents, or None.
+
+    A body that is not JSON is left to FastAPI (422). Counting documents here costs one
+    ``json.loads`` of a body already bounded by ``max_body_bytes``, while a million empty
+    documents parsed into DocArray would cost the gateway a gigabyte.
+    """
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(request, dict):
+        return None
+    data = request.get("data")
+    if isinstance(data, list) and len(data) > limits.max_docs_per_request:
+        return Refused(413, f"data: {len(data)} documents exceed max_docs_per_request="
+                            f"{limits.max_docs_per_request}; send them in several requests",
+                       limit="max_docs_per_request")
+    header = request.get("header")
+    if isinstance(header, dict) and any(header.get(key) for key in ROUTING_KEYS):
+        return Refused(400, "header.target_executor: clients cannot route requests; "
+                            "every request goes through the whole Flow", field="header.target_executor")
+    return None
+
+
+async def _answer(send, refused: Refused) -> None:
+    body = json.dumps(refused.body).encode()
+    await send({"type": "http.response.start", "status": refused.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def guard_requests(app, limits: Limits = LIMITS):
+    """ASGI middleware: refuse oversized or client-routed requests before they are parsed.
+
+    Reads at most ``max_body_bytes`` (a larger body is answered 413 without reading the
+    rest, and nothing of it is echoed), then replays the body to the app. Paths with a
+    NUL byte are answered 400 instead of failing in the static-file server.
+    """
+    async def guarded(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        if "\x00" in scope["path"]:
+            return await _answer(send, Refused(400, "path: contains a NUL character", field="path"))
+        if scope["method"] != "POST":
+            return await app(scope, receive, send)
+        too_big = Refused(413, f"body: larger than max_body_bytes={limits.max_body_bytes}",
+                          limit="max_body_bytes")
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return await _answer(send, too_big)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limits.max_body_bytes:
+                return await _answer(send, too_big)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        refused = refusal(body, limits)
+        if refused is not None:
+            return await _answer(send, refused)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await app(scope, replay, send)
+
+    return guarded
+
+
+def _executor_name(error) -> str:
+    """Jina names the deployment only inside the error's text."""
+    found = re.search(r"deployment `?([\w-]+)`?", error.details() or "")
+    return found.group(1) if found else "unknown"
+
+
+def _client_error(status):
+    """A 422 for an executor's ``RequestError``, naming the parameter when the message does."""
+    message = status.exception.args[0] if status.exception.args else status.description
+    found = re.search(r"parameter '(\w+)'", message)
+    return Refused(422, message, **({"field": found.group(1)} if found else {}))
+
+
+def _document_errors(docs, doc_type) -> dict:
+    """Position -> error document for documents that could not even travel to an executor
+    (invalid Unicode, NUL, tags too deep for protobuf); their siblings go on."""
+    from crossmodal.api.convert import _sendable
+    from crossmodal.api.validate import strings_error
+
+    errors = {}
+    for i, doc in enumerate(docs):
+        error = strings_error(doc)
+        if error:
+            errors[i] = doc_type(id=_sendable(doc.id), status="error", error=error)
+    return errors
+
+
+def answer_whole(streamer, limits: Limits = LIMITS) -> None:
+    """Make this streamer's ``stream_docs`` yield ONE response holding every document.
+
+    Jina's HTTP route sends the documents in requests of 100 and answers with the first
+    response, while the rest is still processed after the answer. Here the documents go
+    in chunks of ``chunk_docs``, one after the other (a concurrent search waits for one
+    chunk, not the whole request), and the route gets a single response once all are done.
+    """
+    original = streamer.stream_docs
+
+    async def stream_docs(docs, request_size: int = 100, return_results: bool = False, **kwargs):
+        from docarray import DocList
+        from jina.excepts import InternalNetworkError
+        from jina.proto import jina_pb2
+
+        if not return_results:  # Jina's own health checks
+            async for resp in original(docs, request_size=request_size, return_results=return_results, **kwargs):
+                yield resp
+            return
+        kwargs["target_executor"] = None
+        doc_type = kwargs["return_type"].doc_type
+        bad = _document_errors(docs, doc_type)
+        good = DocList[docs.doc_type]([d for i, d in enumerate(docs) if i not in bad])
+        answered, last = [], None
+        try:
+            for start in range(0, max(len(good), 1), limits.chunk_docs):
+                chunk = good[start:start + limits.chunk_docs]
+                async for resp in original(chunk, request_size=max(len(chunk), 1), return_results=True,
+                                           **{**kwargs, "request_id": kwargs.get("request_id") if start == 0 else None}):
+                    status = resp.header.status
+                    if status.code == jina_pb2.StatusProto.ERROR:
+                        if status.exception.name in CLIENT_ERRORS:
+                            raise _client_error(status)
+                        yield resp  # a server fault: Jina answers 500
+                        return
+                    answered.extend(resp.docs)
+                    last = resp
+        except InternalNetworkError as err:
+            name = _executor_name(err)
+            raise Refused(503, f"executor {name!r} is unreachable: {err.details()}", executor=name) from None
+        merged = list(answered)
+        if len(answered) == len(good):
+            for i in sorted(bad):
+                merged.insert(i, bad[i])
+        else:  # an endpoint that answers other documents than it got (/stats)
+            merged.extend(bad[i] for i in sorted(bad))
+        last.data.docs = DocList[doc_type](merged)
+        yield last
+
+    streamer.stream_docs = stream_docs
+
+
+def unroutable(streamer) -> None:
+    """gRPC: clear any ``target_executor`` a client set, so every request passes the whole
+    Flow (the encoders make every embedding the indexer stores)."""
+    original_stream, original_single = streamer.rpc_stream, streamer.process_single_data
+
+    def cleared(request):
+        request.header.target_executor = ""
+        return request
+
+    def rpc_stream(*args, request_iterator, **kwargs):
+        if hasattr(request_iterator, "__aiter__"):
+            async def requests():
+                async for request in request_iterator:
+                    yield cleared(request)
+        else:
+            requests = None
+            request_iterator = (cleared(r) for r in request_iterator)
+        return original_stream(*args, request_iterator=requests() if requests else request_iterator, **kwargs)
+
+    async def process_single_data(request, context=None):
+        return await original_single(cleared(request), context)
+
+    streamer.rpc_stream, streamer.process_single_data = rpc_stream, process_single_data
 
 
 def add_ui(app, ui_dir: Path = UI_DIR, path: str = UI_PATH):
@@ -42,11 +250,32 @@ def add_ui(app, ui_dir: Path = UI_DIR, path: str = UI_PATH):
 
 
 class UIHTTPGateway(HTTPGateway):
-    """Jina's HTTP gateway with the web page added; usable alone for HTTP-only Flows."""
+    """Jina's HTTP gateway with the web page and the request guards added; usable alone
+    for HTTP-only Flows."""
 
     @property
     def app(self):
-        return add_ui(super().app)
+        from starlette.responses import JSONResponse
+
+        answer_whole(self.streamer)
+        app = add_ui(super().app)
+
+        @app.exception_handler(Refused)
+        async def refused(request, error: Refused):
+            return JSONResponse(error.body, status_code=error.status)
+
+        app.add_middleware(_Guard)
+        return app
+
+
+class _Guard:
+    """``guard_requests`` in the form ``app.add_middleware`` takes (outermost layer)."""
+
+    def __init__(self, app):
+        self.guarded = guard_requests(app)
+
+    async def __call__(self, scope, receive, send):
+        await self.guarded(scope, receive, send)
 
 
 class CrossmodalGateway(CompositeGateway):
@@ -62,3 +291,6 @@ class CrossmodalGateway(CompositeGateway):
             for args in self._server_kwargs
         ]
         self.gateways = self.servers  # the name Jina's older code reads
+        for server in self.servers:
+            if not isinstance(server, UIHTTPGateway) and hasattr(server, "streamer"):
+                unroutable(server.streamer)

@@ -8,7 +8,7 @@ from jina import Executor, requests
 from crossmodal.api import convert
 from crossmodal.api.params import parse_recommend_params, parse_search_params
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.api.validate import content_error, mark_error
+from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error
 from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.recommend.pick import recommend
 from crossmodal.settings import INDEX, MODALITIES
@@ -34,28 +34,30 @@ class CrossmodalIndexer(Executor):
     def index_docs(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         ready = []
         for doc in docs:
-            error = doc.error or content_error(doc, encoded=True)
-            if error is None and doc.embedding is None:
-                error = "embedding: missing (no encoder handled this document)"
+            error = doc.error or content_error(doc, encoded=True) or embedding_error(doc.embedding, self.index.config.dim)
             if error:
                 mark_error(doc, error)
             else:
                 ready.append(doc)
         for doc, status in zip(ready, self.index.upsert([convert.item(d) for d in ready])):
-            doc.status = status
+            if status == "duplicate":
+                mark_error(doc, f"id: {doc.id!r} comes again later in this request; the last copy was stored")
+            else:
+                doc.status = status
         for doc in docs:
             doc.embedding = doc.thumbnail = doc.blob = None
         return docs
 
     @requests(on="/search")
     def search(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
-        params = parse_search_params(parameters)
+        params = client_params(parse_search_params, parameters)
         ready = [d for d in docs if d.error is None and d.embedding is not None]
-        for modality in MODALITIES:
-            found = (self.index.search([d.embedding for d in ready], modality, params.k, params.username)
-                     if modality in params.modalities else [[] for _ in ready])
-            thumbs = self.index.thumbnails([m for ms in found for m in ms]) if params.with_thumbnails else {}
-            for doc, matches in zip(ready, found):
+        found = {modality: self.index.search([d.embedding for d in ready], modality, params.k, params.username)
+                 if modality in params.modalities else [[] for _ in ready] for modality in MODALITIES}
+        every = [m for by_query in found.values() for ms in by_query for m in ms]
+        thumbs = self.index.thumbnails(every) if params.with_thumbnails else {}
+        for modality, by_query in found.items():
+            for doc, matches in zip(ready, by_query):
                 setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
         for doc in docs:
             if doc.error is None:
@@ -65,7 +67,7 @@ class CrossmodalIndexer(Executor):
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
-        params = parse_recommend_params(parameters)
+        params = client_params(parse_recommend_params, parameters)
         for doc in docs:
             seeds = convert.seeds(doc.seeds)
             picks = recommend(self.index, seeds, params) if seeds else {}

@@ -12,6 +12,7 @@ from jina import Executor, requests
 from crossmodal.api import convert
 from crossmodal.api.params import parse_recommend_params
 from crossmodal.api.schemas import ContentDoc, MatchGroup
+from crossmodal.api.validate import client_params
 from crossmodal.index.store import Store, WorkspaceError
 from crossmodal.recommend.plan import plan_user_seeds
 
@@ -33,7 +34,7 @@ class CrossmodalRecommender(Executor):
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
-        params = parse_recommend_params(parameters)
+        params = client_params(parse_recommend_params, parameters)
         store = self._open()
         seeds = plan_user_seeds(store, params) if store else []
         docs = docs or DocList[ContentDoc]([ContentDoc(id="recommend")])

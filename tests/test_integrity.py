@@ -1,0 +1,176 @@
+"""Issue 15, library level: what the indexer stores can always be returned, and FAISS
+never holds a vector without its row. (End-to-end checks: tests/test_integrity_e2e.py.)"""
+import os
+
+import numpy as np
+import pytest
+from docarray import DocList
+
+from crossmodal.api import convert
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.api.validate import content_error, embedding_error, query_error, tags_error
+from crossmodal.index.content import ContentIndex, IndexConfig, Match
+from crossmodal.index.store import Item, Row
+from crossmodal.settings import LIMITS
+from tests.harness import unit_rows
+
+DIM = 16
+
+
+def _deep(levels: int) -> dict:
+    tags = leaf = {}
+    for _ in range(levels):
+        leaf["x"] = {}
+        leaf = leaf["x"]
+    return tags
+
+
+# -- finding 1: client-made embeddings, tags that break responses ----------------------------
+@pytest.mark.parametrize("embedding, reason", [
+    (np.full(DIM, 1e30, np.float32), "norm"),
+    (np.full(DIM, np.nan, np.float32), "NaN"),
+    (np.ones(DIM + 1, np.float32) / np.sqrt(DIM + 1), "shape"),
+    (np.ones(DIM, np.float32), "norm"),
+    (None, "missing"),
+])
+def test_indexer_refuses_embeddings_no_encoder_makes(embedding, reason):
+    error = embedding_error(embedding, DIM)
+    assert error.startswith("embedding:") and reason in error
+
+
+def test_unit_embedding_is_accepted():
+    assert embedding_error(unit_rows(1, DIM)[0], DIM) is None
+
+
+def test_tags_limits_depth_keys_bytes():
+    assert tags_error({"lang": "en", "n": [1, 2, {"a": None}]}) is None
+    assert "max_tags_depth" in tags_error(_deep(31))
+    assert "max_tags_keys" in tags_error({str(i): i for i in range(LIMITS.max_tags_keys + 1)})
+    assert "max_tags_bytes" in tags_error({"a": "x" * LIMITS.max_tags_bytes})
+    assert "JSON number" in tags_error({"a": float("nan")})
+
+
+def test_response_building_never_fails_on_a_stored_row():
+    """Rows stored before validation (deep tags, lone surrogates, NUL) still make a response."""
+    row = Row(7, "id\ud800", "own\x00er", "text", "bad \udfff text", None, _deep(40), 0.0)
+    match = convert.match_doc(Match(row, 0.5))
+    docs = DocList[ContentDoc]([ContentDoc(id="q", text_matches=[match])])
+    back = DocList[ContentDoc].from_protobuf(docs.to_protobuf())
+    [found] = back[0].text_matches
+    assert "invalid_tags" in found.tags and found.text.startswith("bad ")
+    assert found.model_dump_json() if hasattr(found, "model_dump_json") else found.json()
+
+
+# -- finding 4: one bad document names its field ------------------------------------------------
+@pytest.mark.parametrize("fields, name", [
+    ({"uri": "/tmp/a\x00.png", "modality": "image"}, "uri"),
+    ({"id": "x\ud800"}, "id"),
+    ({"owner": "al\ud800ice"}, "owner"),
+    ({"text": "hi \ud800"}, "text"),
+    ({"uri": "data:\ud800", "modality": "image"}, "uri"),
+    ({"tags": {"k": "\ud800"}}, "tags.k"),
+    ({"tags": {"\ud800": 1}}, "tags."),
+    ({"tags": _deep(32)}, "tags"),
+])
+def test_bad_strings_and_tags_name_the_field(fields, name):
+    doc = ContentDoc(**{"id": "ok", "owner": "alice", "modality": "text", "text": "fine", **fields})
+    error = content_error(doc)
+    assert error is not None and error.startswith(name), error
+
+
+def test_query_with_nul_in_uri_is_a_document_error():
+    assert query_error(ContentDoc(id="q", uri="/etc/x\x00")).startswith("uri:")
+
+
+# -- finding 2: duplicate ids, and FAISS checked against the store on start --------------------
+def _index(tmp_path) -> ContentIndex:
+    return ContentIndex(IndexConfig(tmp_path, "test-model", DIM, "Flat"))
+
+
+def test_duplicate_ids_last_wins_one_vector_one_row(tmp_path):
+    index = _index(tmp_path)
+    vectors = unit_rows(3, DIM, seed=1)
+    statuses = index.upsert([Item("same", "alice", "text", vectors[0]), Item("other", "bob", "text", vectors[1]),
+                             Item("same", "carol", "text", vectors[2])])
+    assert statuses == ["duplicate", "indexed", "indexed"]
+    assert index.store.count("text") == 2 and index.vectors["text"].index.ntotal == 2
+    [[top]] = index.search(vectors[2:3], "text", 1)
+    assert top.row.id == "same" and top.row.owner == "carol"
+    [[first]] = index.search(vectors[0:1], "text", 1, exclude_owner="bob")
+    assert first.row.id == "same"  # the first copy's vector is gone, yet k=1 still finds a match
+    index.close()
+
+
+def test_many_copies_then_delete_leave_nothing(tmp_path):
+    index = _index(tmp_path)
+    vectors = unit_rows(500, DIM, seed=2)
+    index.upsert([Item("dup", "alice", "text", v) for v in vectors])
+    assert index.delete(["dup"]) == ["deleted"]
+    assert index.vectors["text"].index.ntotal == 0
+    assert index.search(vectors[:1], "text", 100) == [[]]
+    index.close()
+
+
+def test_saved_index_that_disagrees_with_the_store_is_rebuilt(tmp_path):
+    index = _index(tmp_path)
+    vectors = unit_rows(4, DIM, seed=3)
+    index.upsert([Item(f"t{i}", "alice", "text", v) for i, v in enumerate(vectors)])
+    orphan = int(index.store.vids("text")[0])
+    index.store._db.execute("DELETE FROM items WHERE vid=?", (orphan,))  # row gone, generation unchanged
+    index.close()
+    reopened = _index(tmp_path)
+    assert reopened.vectors["text"].live_vids().tolist() == reopened.store.vids("text").tolist()
+    assert orphan not in reopened.vectors["text"].live_vids()
+    reopened.close()
+
+
+# -- finding 6: a stop that hangs (an executor stuck in a request) is cut short ------------------
+STUCK = """
+import os, signal, sys, time
+from crossmodal.serve.shutdown import hard_stop_after
+child = os.fork()
+if child == 0:  # an executor stuck in a long request, deaf to the stop signals
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(1)
+print(child, flush=True)
+hard_stop_after(1.0)
+time.sleep(600)  # Flow.close waiting on it forever
+"""
+
+
+def test_hard_stop_kills_a_stuck_process_tree():
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from crossmodal.settings import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", STUCK], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        assert proc.wait(30) == 0
+        deadline = time.time() + 10
+        while Path(f"/proc/{child}").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    finally:
+        for pid in (child, proc.pid):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+# -- finding 5/7: thumbnails are capped per response -----------------------------------------------
+def test_thumbnails_are_capped_per_response(tmp_path):
+    index = _index(tmp_path)
+    vectors = unit_rows(5, DIM, seed=4)
+    index.upsert([Item(f"img{i}", "alice", "image", v, thumbnail=f"data:image/jpeg;base64,{i}")
+                  for i, v in enumerate(vectors)])
+    [matches] = index.search(vectors[:1], "image", 5)
+    assert len(index.thumbnails(matches)) == 5
+    assert set(index.thumbnails(matches, limit=2)) == {m.row.vid for m in matches[:2]}
+    index.close()
