@@ -35,6 +35,7 @@ class Limits:
     max_tags_bytes: int = 16_384
     max_image_bytes: int = 20 * 2**20
     max_image_pixels: int = 40_000_000
+    max_feedback_ids: int = 1000  # ids per 'positive' / 'negative' list of /refine
 
 
 LIMITS = Limits()

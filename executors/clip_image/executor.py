@@ -66,7 +66,7 @@ class ClipImageEncoder(Executor):
         self._encode([d for d in docs if d.error is None and d.modality == "image"], with_thumbnail=True)
         return docs
 
-    @requests(on="/search")
+    @requests(on=["/search", "/refine"])
     def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._encode([d for d in docs if d.error is None and (d.blob or d.uri)], with_thumbnail=False)
         return docs

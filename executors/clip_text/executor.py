@@ -41,7 +41,7 @@ class ClipTextEncoder(Executor):
         self._encode([d for d in docs if d.error is None and d.modality == "text"])
         return docs
 
-    @requests(on="/search")
+    @requests(on=["/search", "/refine"])
     def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._validate(docs, query_error)
         self._encode([d for d in docs if d.error is None and not (d.blob or d.uri)])
