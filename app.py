@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--index-factory", default=DEFAULTS.index_factory,
                    help="FAISS factory string: Flat, HNSW32, IVF1024,Flat ...")
+    p.add_argument("--precision", default=DEFAULTS.precision, choices=["fp32", "int8"],
+                   help="text encoder on CPU: exact fp32 (default) or int8 dynamic quantisation (faster, approximate)")
     p.add_argument("--data-root", action="append", default=[], dest="data_roots",
                    help="folder whose images requests may name by local path (repeatable)")
     p.add_argument("--owner", default="demo", help="owner of items whose source names none")
@@ -65,7 +67,7 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
         grpc_port=args.grpc_port or (DEFAULTS.grpc_port if serving else free_port()),
         http_port=args.http_port or (DEFAULTS.http_port if serving else free_port()),
         host=args.host, device=args.device,
-        index_factory=args.index_factory, data_roots=tuple(args.data_roots),
+        index_factory=args.index_factory, data_roots=tuple(args.data_roots), precision=args.precision,
     )
 
 
@@ -152,6 +154,10 @@ def run_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.task != "finetune":  # this process and the Flow's, forked from it, run no model
+        from crossmodal.model.guard import block_model_libraries
+
+        block_model_libraries()
     from crossmodal.index.store import WorkspaceError
     from crossmodal.model.resolve import ModelUnavailable
 

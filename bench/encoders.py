@@ -1,4 +1,5 @@
 """Encoder ceiling: matmul rate, plain open_clip vs our executors and text truncation."""
+import asyncio
 import io
 
 import numpy as np
@@ -63,9 +64,9 @@ def image_encoders(report: Report, images: list[bytes], batch_sizes, repeats: in
     batch = max(rates, key=rates.get)
     encoder = ClipImageEncoder(model=MODEL, pretrained="none", batch_size=batch)
 
-    def ours():
-        encoder.index(DocList[ContentDoc]([ContentDoc(id=str(i), owner="b", modality="image", blob=b)
-                                           for i, b in enumerate(images[:batch])]))
+    def ours():  # the endpoint is a coroutine (it awaits the encoder's batcher)
+        asyncio.run(encoder.index(DocList[ContentDoc]([ContentDoc(id=str(i), owner="b", modality="image", blob=b)
+                                                       for i, b in enumerate(images[:batch])])))
 
     samples = _interleaved({"plain": lambda: plain(batch), "ours": ours}, repeats)
     encoder.close()

@@ -1,6 +1,6 @@
 """Run every benchmark, print a table, write bench/results.json.
 
-    python -m bench [--quick] [--only flow,encoders,vectors]
+    python -m bench [--quick] [--only flow,encoders,vectors,serving,precision]
     python bench/run.py [--quick]
 """
 import argparse
@@ -39,8 +39,18 @@ def relate(report: common.Report, flow: dict, encoders: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes on 2 cores")
-    parser.add_argument("--only", default="flow,encoders,vectors")
+    parser.add_argument("--only", default="flow,encoders,vectors,serving,precision")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the figures (default {RESULTS})")
+    parser.add_argument("--threads", type=int, help="torch/OpenMP threads for this process and every server it "
+                        "starts (default: torch's own, one per core); 1 keeps a shared, oversubscribed machine usable")
     args = parser.parse_args(argv)
+    if args.threads:
+        import os
+
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the Flows and the baseline
+        torch.set_num_threads(args.threads)
     wanted = args.only.split(",")
     report, started = common.Report(), time.time()
     print("ViT-B-32 with random weights (pretrained ones cannot be downloaded here): "
@@ -56,16 +66,22 @@ def main(argv=None) -> int:
         encoder_figures = encoders.run(report, args.quick)
     if flow_figures:
         relate(report, flow_figures, encoder_figures)
+    if "precision" in wanted:
+        from bench import precision
+        precision.run(report, args.quick)
+    if "serving" in wanted:
+        from bench import serving
+        serving.run(report, args.quick)
     if "vectors" in wanted:
         from bench import vectors
         vectors.run(report, args.quick)
     rendered = table(report.figures)
     print("\n" + rendered)
-    RESULTS.write_text(json.dumps({"machine": common.machine(), "quick": args.quick,
+    args.out.write_text(json.dumps({"machine": common.machine(), "quick": args.quick,
                                    "figures": [f.row() for f in report.figures], "table": rendered}, indent=1))
     failed = [f.name for f in report.figures if f.passed is False]
     print(f"\n{len(report.figures)} figures in {time.time() - started:.0f}s, "
-          f"{sum(f.passed is True for f in report.figures)} targets met, {len(failed)} missed; wrote {RESULTS}")
+          f"{sum(f.passed is True for f in report.figures)} targets met, {len(failed)} missed; wrote {args.out}")
     return 0
 
 

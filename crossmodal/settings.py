@@ -63,6 +63,10 @@ class EncoderSettings:
     image_batch_size: int = 32
     thumbnail_size: int = 256  # longest side of the JPEG stored for image results
     decode_threads: int = 2
+    text_precision: str = "fp32"  # or "int8" (opt-in, CPU): crossmodal/model/precision.py
+    # concurrent /index and /search requests that queue while an encoder computes run
+    # together next, up to batch_docs documents of several requests (crossmodal/model/batcher.py)
+    batch_docs: int = 16
 
 
 ENCODER = EncoderSettings()
@@ -80,4 +84,5 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     device: str = "auto"
     index_factory: str = INDEX.factory
+    precision: str = ENCODER.text_precision
     data_roots: Sequence[str] = field(default_factory=tuple)

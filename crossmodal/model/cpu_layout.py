@@ -31,14 +31,26 @@ class InOutLinear(nn.Module):
         return out.view(*shape[:-1], out.shape[-1])
 
 
-class InOutSelfAttention(nn.Module):
-    """Drop-in for an ``nn.MultiheadAttention`` used as self-attention, as open_clip calls it."""
+def plain_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """An ordinary ``nn.Linear`` holding a copy of the weights (what quantisation looks for)."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    linear.weight.data.copy_(weight.detach())
+    linear.bias.data.copy_(bias.detach())
+    return linear
 
-    def __init__(self, mha: nn.MultiheadAttention):
+
+class InOutSelfAttention(nn.Module):
+    """Drop-in for an ``nn.MultiheadAttention`` used as self-attention, as open_clip calls it.
+
+    ``linear`` builds its two projections: in/out layout by default, plain
+    ``nn.Linear`` for ``precision.quantize_text_tower``.
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention, linear=InOutLinear):
         super().__init__()
         self.heads, self.batch_first = mha.num_heads, mha.batch_first
-        self.in_proj = InOutLinear(mha.in_proj_weight, mha.in_proj_bias)
-        self.out_proj = InOutLinear(mha.out_proj.weight, mha.out_proj.bias)
+        self.in_proj = linear(mha.in_proj_weight, mha.in_proj_bias)
+        self.out_proj = linear(mha.out_proj.weight, mha.out_proj.bias)
 
     def forward(self, q_x, k_x=None, v_x=None, need_weights=False, attn_mask=None):
         x = q_x if self.batch_first else q_x.transpose(0, 1)
@@ -49,14 +61,21 @@ class InOutSelfAttention(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
-def relayout_text_tower(model: nn.Module) -> nn.Module:
-    """Swap the text transformer's projections for in/out-layout ones (inference only)."""
+def known_layout(model: nn.Module) -> bool:
+    """open_clip's standard text blocks (biased self-attention and MLP), which the swaps here assume."""
     for block in model.transformer.resblocks:
         attn, mlp = block.attn, getattr(block, "mlp", None)
         if not (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
                 and isinstance(getattr(mlp, "c_fc", None), nn.Linear) and isinstance(getattr(mlp, "c_proj", None), nn.Linear)
                 and mlp.c_fc.bias is not None and mlp.c_proj.bias is not None):
-            return model  # an architecture this does not know: leave it as open_clip built it
+            return False
+    return True
+
+
+def relayout_text_tower(model: nn.Module) -> nn.Module:
+    """Swap the text transformer's projections for in/out-layout ones (inference only)."""
+    if not known_layout(model):
+        return model  # an architecture this does not know: leave it as open_clip built it
     for block in model.transformer.resblocks:
         block.attn = InOutSelfAttention(block.attn)
         block.mlp.c_fc = InOutLinear(block.mlp.c_fc.weight, block.mlp.c_fc.bias)

@@ -28,13 +28,20 @@ def _truncatable(model: torch.nn.Module) -> bool:
     )
 
 
+def _cast_dtype(model: torch.nn.Module) -> torch.dtype:
+    try:
+        return model.transformer.get_cast_dtype()
+    except AttributeError:  # int8-quantised blocks (precision.py) have no weight dtype: they take float32
+        return torch.float32
+
+
 def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text`` computed over the used prefix of the context only."""
     if not _truncatable(model):
         return model.encode_text(tokens)
     used = int((tokens != PAD_TOKEN).sum(dim=1).max())
     tokens = tokens[:, :used]
-    cast_dtype = model.transformer.get_cast_dtype()
+    cast_dtype = _cast_dtype(model)
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:used].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:used, :used])
     x = model.ln_final(x)

@@ -1,5 +1,10 @@
 """Resolve what ``--model/--pretrained`` name into a local open_clip config and checkpoint.
 
+Model configs are read as JSON (open_clip's own folder, ``models/``, or a given file)
+without importing open_clip: the launcher and the indexer learn the model's label and
+embedding width without loading torch (see ``guard``). Only a pretrained tag needs
+open_clip's table of weights; a process that blocks it looks the tag up in a child.
+
 Resolution never waits on an unreachable hub: a pretrained tag is looked up in the
 local caches first, downloaded only when the hub answers, and otherwise the
 caller gets an error that says exactly what to do. When the user named no model
@@ -8,16 +13,20 @@ model trained by this project (``models/demo-clip``) and says so loudly.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-import open_clip
-
-from crossmodal.settings import MODELS_DIR
+from crossmodal.model.guard import blocked
+from crossmodal.settings import MODELS_DIR, ROOT
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +54,34 @@ class ModelSpec:
     quick_gelu: bool = False
 
 
+_EXTRA_CONFIGS: dict[str, Path] = {}  # config files named by path with --model
+
+
+@lru_cache(maxsize=1)
+def _packaged_configs() -> dict[str, Path]:
+    """open_clip's shipped configs, found from its install record, not by importing it."""
+    folder = Path(importlib.metadata.distribution("open_clip_torch").locate_file("open_clip/model_configs"))
+    return {p.stem: p for p in folder.glob("*.json")}
+
+
+def _configs() -> dict[str, Path]:
+    local = {p.stem: p for p in MODELS_DIR.glob("*.json")} if MODELS_DIR.is_dir() else {}
+    return {**_packaged_configs(), **local, **_EXTRA_CONFIGS}
+
+
+def model_config(name: str) -> Optional[dict]:
+    path = _configs().get(name)
+    return json.loads(path.read_text()) if path else None
+
+
 def register_local_configs() -> None:
-    """Make every ``models/<name>.json`` usable as an open_clip model name."""
+    """Make every ``models/<name>.json`` (and configs named by path) usable as an open_clip model name."""
+    import open_clip
+
     if MODELS_DIR.is_dir():
         open_clip.add_model_config(MODELS_DIR)
+    for path in _EXTRA_CONFIGS.values():
+        open_clip.add_model_config(path)
 
 
 def config_name(model: str) -> str:
@@ -57,9 +90,11 @@ def config_name(model: str) -> str:
         path = Path(model)
         if not path.is_file():
             raise ModelUnavailable(f"--model: config file {model!r} does not exist")
-        open_clip.add_model_config(path)
+        _EXTRA_CONFIGS[path.stem] = path.resolve()
+        if "open_clip" in sys.modules:
+            sys.modules["open_clip"].add_model_config(path)
         return path.stem
-    if open_clip.get_model_config(model) is None:
+    if model not in _configs():
         raise ModelUnavailable(
             f"--model: unknown model {model!r}; choose one of open_clip.list_models() "
             f"or a config in {MODELS_DIR}"
@@ -102,6 +137,8 @@ def _cached_file(cfg: dict, cache_dir: Optional[str]) -> Optional[str]:
 
 
 def _tag_checkpoint(name: str, tag: str, cache_dir: Optional[str]) -> tuple[str, dict]:
+    import open_clip
+
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if not cfg:
         raise ModelUnavailable(
@@ -128,7 +165,6 @@ def resolve(model: Optional[str] = None, pretrained: Optional[str] = None,
     Naming nothing means ViT-B-32/openai, or the demo model when those weights are
     unavailable; naming a model explicitly never falls back.
     """
-    register_local_configs()
     if model is None and pretrained is None:
         try:
             return resolve(DEFAULT_MODEL, DEFAULT_PRETRAINED, cache_dir)
@@ -145,7 +181,7 @@ def resolve(model: Optional[str] = None, pretrained: Optional[str] = None,
         local = MODELS_DIR / f"{name}.pt"
         if not local.is_file():
             raise ModelUnavailable(
-                f"--pretrained is required for {name}: a tag ({open_clip.list_pretrained_tags_by_model(name)}), "
+                f"--pretrained is required for {name}: a tag (open_clip.list_pretrained_tags_by_model({name!r})), "
                 "a checkpoint path, or 'none' for random weights"
             )
         pretrained = str(local)
@@ -153,6 +189,8 @@ def resolve(model: Optional[str] = None, pretrained: Optional[str] = None,
         return ModelSpec(name, pretrained, None, f"{name}/random")
     if os.path.isfile(pretrained):
         return ModelSpec(name, pretrained, pretrained, f"{name}/{Path(pretrained).name}")
+    if blocked():
+        return _resolve_tag_in_child(name, pretrained, cache_dir)
     checkpoint, cfg = _tag_checkpoint(name, pretrained, cache_dir)
     preprocess = {
         "image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
@@ -162,7 +200,24 @@ def resolve(model: Optional[str] = None, pretrained: Optional[str] = None,
                      quick_gelu=bool(cfg.get("quick_gelu")))
 
 
+def _resolve_tag_in_child(name: str, tag: str, cache_dir: Optional[str]) -> ModelSpec:
+    """A pretrained tag from a process that must not load open_clip: ask a short-lived child."""
+    model = str(_EXTRA_CONFIGS.get(name, name))
+    done = subprocess.run([sys.executable, "-m", "crossmodal.model.resolve", model, tag, cache_dir or ""],
+                          cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise ModelUnavailable(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
+                               f"resolving {name}/{tag} failed with exit code {done.returncode}")
+    return ModelSpec(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def embed_dim(spec: ModelSpec) -> int:
     """Embedding width from the config alone, so the indexer never loads weights."""
-    register_local_configs()
-    return int(open_clip.get_model_config(spec.name)["embed_dim"])
+    return int(model_config(spec.name)["embed_dim"])
+
+
+if __name__ == "__main__":  # python -m crossmodal.model.resolve MODEL TAG [CACHE_DIR]: prints the spec as JSON
+    try:
+        print(json.dumps(resolve(sys.argv[1], sys.argv[2], (sys.argv[3:] or [""])[0] or None).__dict__))
+    except ModelUnavailable as err:
+        sys.exit(str(err).replace("\n", " "))

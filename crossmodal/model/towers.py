@@ -1,14 +1,14 @@
 """Load one tower of an open_clip model, so each encoder process holds only what it runs."""
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import Callable
 
 import open_clip
 import torch
 
-from crossmodal.model.resolve import ModelSpec, ModelUnavailable, embed_dim
+from crossmodal.model.memory import fix_mmap_threshold, release_freed_memory
+from crossmodal.model.resolve import ModelSpec, ModelUnavailable, embed_dim, register_local_configs
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -30,6 +30,8 @@ class Tower:
 
 def create_model(spec: ModelSpec, device: torch.device, seed: int = 0):
     """The whole open_clip model and its evaluation transform, as ``spec`` says."""
+    register_local_configs()
+    fix_mmap_threshold()
     torch.manual_seed(seed)  # random-init models (tests, benchmarks) are reproducible
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -47,18 +49,18 @@ def load_image_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> To
     model, preprocess = create_model(spec, dev, seed)
     visual = model.visual
     del model
-    gc.collect()
+    release_freed_memory()
     return Tower(visual, preprocess, spec, dev, embed_dim(spec))
 
 
-def load_text_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
+def load_text_tower(spec: ModelSpec, device: str = "auto", seed: int = 0, precision: str = "fp32") -> Tower:
     """Load the model and drop ``visual``: only the text tower stays in memory."""
-    from crossmodal.model.cpu_layout import relayout_text_tower
+    from crossmodal.model.precision import apply_text_precision, check_precision
 
+    check_precision(precision)
     dev = pick_device(device)
     model, _ = create_model(spec, dev, seed)
     del model.visual
-    if dev.type == "cpu":
-        relayout_text_tower(model)
-    gc.collect()
+    apply_text_precision(model, precision, dev)
+    release_freed_memory()
     return Tower(model, open_clip.get_tokenizer(spec.name), spec, dev, embed_dim(spec))

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import hdbscan
 import numpy as np
 
 from crossmodal.api.params import RecommendParams
@@ -89,6 +88,8 @@ def _cluster(x: np.ndarray, params: RecommendParams) -> np.ndarray:
     whether the history has one dense core. The generic algorithm is the fastest for
     a few hundred high-dimensional points (tree indexes do not help in 512-d).
     """
+    import hdbscan  # here, not at the top: the indexer imports this module and never clusters (saves ~60 MB)
+
     if len(x) < max(params.min_cluster_size, params.min_samples + 1):
         return np.full(len(x), -1)
     for single in (False, True):

@@ -42,6 +42,7 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_MODEL_LABEL": spec.label,
         "CROSSMODAL_EMBED_DIM": str(embed_dim(spec)),
         "CROSSMODAL_DEVICE": cfg.device,
+        "CROSSMODAL_PRECISION": cfg.precision,
         "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
     }

@@ -1,20 +1,26 @@
 """Jina adapter: CLIP image embeddings (and thumbnails) for image content and queries."""
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Optional, Sequence
 
-import torch
-from docarray import DocList
-from jina import Executor, requests
-from open_clip.utils import to_2tuple
+from crossmodal.model.guard import allow_model_libraries
 
-from crossmodal.api.schemas import ContentDoc
-from crossmodal.api.validate import mark_error
-from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
-from crossmodal.model.encode import encode_pixels
-from crossmodal.model.resolve import resolve
-from crossmodal.model.towers import load_image_tower
-from crossmodal.settings import ENCODER, LIMITS
+allow_model_libraries()  # the launcher blocks torch in every process it forks; this one runs the model
+
+import torch  # noqa: E402
+from docarray import DocList  # noqa: E402
+from jina import Executor, requests  # noqa: E402
+from open_clip.utils import to_2tuple  # noqa: E402
+
+from crossmodal.api.schemas import ContentDoc  # noqa: E402
+from crossmodal.api.validate import mark_error  # noqa: E402
+from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri  # noqa: E402
+from crossmodal.model.batcher import ContinuousBatcher  # noqa: E402
+from crossmodal.model.encode import encode_pixels  # noqa: E402
+from crossmodal.model.resolve import resolve  # noqa: E402
+from crossmodal.model.towers import load_image_tower  # noqa: E402
+from crossmodal.settings import ENCODER, LIMITS  # noqa: E402
 
 
 class ClipImageEncoder(Executor):
@@ -34,41 +40,49 @@ class ClipImageEncoder(Executor):
         # JPEGs decode at reduced scale, never below what the model or the thumbnail needs
         self.decode_min_size = max(thumbnail_size, *to_2tuple(getattr(self.tower.module, "image_size", 224)))
         self.pool = ThreadPoolExecutor(decode_threads)
+        self.worker = ThreadPoolExecutor(1)  # the model runs in one thread, never blocking Jina's event loop
+        self.batchers = {thumbs: ContinuousBatcher(partial(self._encode, with_thumbnail=thumbs), ENCODER.batch_docs,
+                                                   self.worker) for thumbs in (True, False)}
 
-    def _prepare(self, doc: ContentDoc, with_thumbnail: bool):
+    def _prepare(self, doc: ContentDoc):
         """Decode and preprocess one document; errors stay on the document."""
         try:
             image = decode(image_bytes(doc.blob, doc.uri, self.limits), self.limits,
                            field="blob" if doc.blob else "uri", min_size=self.decode_min_size)
         except ImageInputError as err:
             mark_error(doc, str(err))
-            return None
-        if with_thumbnail:
-            doc.thumbnail = thumbnail_data_uri(image, self.thumbnail_size)
-        return self.tower.transform(image)
+            return None, None
+        return image, self.tower.transform(image)
+
+    def _thumbnail(self, doc: ContentDoc, image) -> None:
+        doc.thumbnail = thumbnail_data_uri(image, self.thumbnail_size)
 
     def _encode(self, docs: list[ContentDoc], with_thumbnail: bool) -> None:
         for start in range(0, len(docs), self.batch_size):
             batch = docs[start:start + self.batch_size]
-            pixels = list(self.pool.map(lambda d: self._prepare(d, with_thumbnail), batch))
-            ready = [(doc, px) for doc, px in zip(batch, pixels) if px is not None]
+            prepared = list(self.pool.map(self._prepare, batch))
+            ready = [(doc, image, px) for doc, (image, px) in zip(batch, prepared) if px is not None]
+            # thumbnails are written by the pool while the model encodes (one image: ~5% of a post)
+            thumbs = [self.pool.submit(self._thumbnail, doc, image) for doc, image, _ in ready if with_thumbnail]
             if ready:
-                vectors = encode_pixels(self.tower, torch.stack([px for _, px in ready]))
-                for (doc, _), vector in zip(ready, vectors):
+                vectors = encode_pixels(self.tower, torch.stack([px for _, _, px in ready]))
+                for (doc, _, _), vector in zip(ready, vectors):
                     doc.embedding = vector
+            for thumb in thumbs:
+                thumb.result()
             for doc in batch:  # the bytes are not needed downstream: keep the wire light
                 doc.blob = None
                 if doc.uri and doc.uri.startswith("data:"):
                     doc.uri = None
 
     @requests(on="/index")
-    def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        self._encode([d for d in docs if d.error is None and d.modality == "image"], with_thumbnail=True)
+    async def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        await self.batchers[True].run([d for d in docs if d.error is None and d.modality == "image"])
         return docs
 
     @requests(on=["/search", "/refine"])
-    def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        self._encode([d for d in docs if d.error is None and (d.blob or d.uri)], with_thumbnail=False)
+    async def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        await self.batchers[False].run([d for d in docs if d.error is None and (d.blob or d.uri)])
         return docs
 
     @requests(on="/recommend")
@@ -77,5 +91,6 @@ class ClipImageEncoder(Executor):
         return None
 
     def close(self) -> None:
+        self.worker.shutdown()
         self.pool.shutdown()
         super().close()

@@ -1,16 +1,22 @@
 """Jina adapter: CLIP text embeddings for text content and text queries."""
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
-from docarray import DocList
-from jina import Executor, requests
+from crossmodal.model.guard import allow_model_libraries
 
-from crossmodal.api.schemas import ContentDoc
-from crossmodal.api.validate import content_error, mark_error, query_error
-from crossmodal.model.encode import encode_texts
-from crossmodal.model.resolve import resolve
-from crossmodal.model.towers import load_text_tower
-from crossmodal.settings import ENCODER, LIMITS, Limits
+allow_model_libraries()  # the launcher blocks torch in every process it forks; this one runs the model
+
+from docarray import DocList  # noqa: E402
+from jina import Executor, requests  # noqa: E402
+
+from crossmodal.api.schemas import ContentDoc  # noqa: E402
+from crossmodal.api.validate import content_error, mark_error, query_error  # noqa: E402
+from crossmodal.model.batcher import ContinuousBatcher  # noqa: E402
+from crossmodal.model.encode import encode_texts  # noqa: E402
+from crossmodal.model.resolve import resolve  # noqa: E402
+from crossmodal.model.towers import load_text_tower  # noqa: E402
+from crossmodal.settings import ENCODER, LIMITS, Limits  # noqa: E402
 
 
 class ClipTextEncoder(Executor):
@@ -18,11 +24,13 @@ class ClipTextEncoder(Executor):
 
     def __init__(self, model: Optional[str] = None, pretrained: Optional[str] = None,
                  device: str = "auto", batch_size: int = ENCODER.text_batch_size,
-                 max_text_chars: int = LIMITS.max_text_chars, **kwargs):
+                 max_text_chars: int = LIMITS.max_text_chars, precision: str = ENCODER.text_precision, **kwargs):
         super().__init__(**kwargs)
-        self.tower = load_text_tower(resolve(model or None, pretrained or None), device)
+        self.tower = load_text_tower(resolve(model or None, pretrained or None), device, precision=precision)
         self.batch_size = batch_size
         self.limits = Limits(max_text_chars=max_text_chars)
+        self.worker = ThreadPoolExecutor(1)  # the model runs in one thread, never blocking Jina's event loop
+        self.batcher = ContinuousBatcher(self._encode, ENCODER.batch_docs, self.worker)
 
     def _encode(self, docs: list[ContentDoc]) -> None:
         if docs:
@@ -36,18 +44,22 @@ class ClipTextEncoder(Executor):
                 mark_error(doc, error)
 
     @requests(on="/index")
-    def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+    async def index(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._validate(docs, content_error)
-        self._encode([d for d in docs if d.error is None and d.modality == "text"])
+        await self.batcher.run([d for d in docs if d.error is None and d.modality == "text"])
         return docs
 
     @requests(on=["/search", "/refine"])
-    def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+    async def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._validate(docs, query_error)
-        self._encode([d for d in docs if d.error is None and not (d.blob or d.uri)])
+        await self.batcher.run([d for d in docs if d.error is None and not (d.blob or d.uri)])
         return docs
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         """Pass-through: Jina requires every hop after the recommender to bind /recommend."""
         return None
+
+    def close(self) -> None:
+        self.worker.shutdown()
+        super().close()

@@ -1,0 +1,42 @@
+"""Keep torch and open_clip out of the processes that run no model.
+
+DocArray tries ``import torch`` when it is imported (to support torch tensors), so
+with torch installed every Jina process would carry the whole torch runtime:
+about 300 MB of private memory in the gateway, the indexer and the recommender,
+which never run a model. The launcher blocks those imports before importing Jina;
+Jina forks every process of the Flow from it, so they all inherit the block, and
+only the encoders lift it (``allow_model_libraries``) before loading a tower.
+Nothing else changes: DocArray then types embeddings as NumPy arrays, which is
+what the service sends anyway.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import sys
+
+MODEL_LIBRARIES = ("torch", "torchvision", "open_clip", "open_clip_train", "tensorflow", "jax")
+
+
+class _Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".", 1)[0] in MODEL_LIBRARIES:
+            raise ModuleNotFoundError(f"{name} is not loaded in this process: it runs no model "
+                                      "(crossmodal.model.guard)", name=name)
+        return None
+
+
+def block_model_libraries() -> None:
+    """From now on, importing a model library fails in this process and the ones it forks."""
+    if any(name.split(".", 1)[0] in MODEL_LIBRARIES for name in sys.modules):
+        return  # too late to save anything: the libraries are loaded already
+    if not blocked():
+        sys.meta_path.insert(0, _Blocker())
+
+
+def allow_model_libraries() -> None:
+    """Lift the block: called by the processes that load a model."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Blocker)]
+
+
+def blocked() -> bool:
+    return any(isinstance(finder, _Blocker) for finder in sys.meta_path)
