@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="finetune: output folder; eval: JSON report path")
+    p.add_argument("--feedback", type=int, metavar="ROUNDS",
+                   help="eval: simulate ROUNDS of relevance feedback (/refine) per query instead")
     p.add_argument("--relevance", choices=["caption", "pair"], default="caption",
                    help="eval: relevant = same caption text (generated data) or the image's own captions (Flickr)")
     return p.parse_args(argv)
@@ -141,6 +143,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.data is None:
         sys.exit("-t eval needs --data DIR (captions.csv + images/)")
+    if args.feedback is not None:
+        from crossmodal.train.feedback_eval import evaluate_feedback
+
+        evaluate_feedback(args.data / "captions.csv", args.data / "images", args.model, args.pretrained,
+                          args.feedback, batch_size=args.batch_size, device=args.device)
+        return 0
     evaluate(args.data / "captions.csv", args.data / "images", args.model, args.pretrained, out_json=args.out,
              relevance=args.relevance, batch_size=args.batch_size, device=args.device)
     return 0

@@ -138,6 +138,26 @@ def recommend_latency(report: Report, client, search_grpc: Figure, repeats: int)
     return rec
 
 
+def refine_latency(report: Report, client, repeats: int) -> Figure:
+    """/refine with 20 labels (10 relevant, 10 not) against /search of the same query, interleaved."""
+    docs = DocList[ContentDoc]([ContentDoc(id="q", text=SHORT_QUERY)])
+    base = {"k": 10, "username": "user1"}
+    marks = {"positive": [f"item{i}" for i in range(0, 40, 4)], "negative": [f"item{i}" for i in range(1, 40, 4)]}
+    samples: dict[str, list[float]] = {"search": [], "refine": []}
+    for i in range(repeats + 2):
+        for endpoint, parameters in (("search", base), ("refine", {**base, **marks})):
+            start = time.perf_counter()
+            client.post(f"/{endpoint}", docs, parameters=parameters, return_type=DocList[ContentDoc])
+            if i >= 2:
+                samples[endpoint].append(time.perf_counter() - start)
+    search = report.add(figure("search p50 over gRPC, interleaved with /refine", samples["search"], "ms", scale=1000))
+    refine = report.add(figure("refine p50 over gRPC (20 labels, linear)", samples["refine"], "ms", scale=1000,
+                               note=f"p95 {np.percentile(samples['refine'], 95) * 1000:.1f} ms"))
+    ratio = refine.median / search.median
+    return report.add(Figure("refine p50 / search p50", ratio, "x", target="<= 1.5x", ratio=ratio,
+                             passed=ratio <= 1.5))
+
+
 def noop_latency(report: Report, workdir: Path, repeats: int) -> Figure:
     """The product's topology with executors that do nothing: what the hops alone cost."""
     from jina import Client
@@ -247,6 +267,7 @@ def run(report: Report, quick: bool) -> dict[str, Figure]:
             client = Client(host="127.0.0.1", port=server.grpc_port)
             grpc, http = query_latency(report, client, server.http_port, f"Flow @ {n_items:,} items", repeats)
             recommend_latency(report, client, grpc, repeats)
+            refine_latency(report, client, repeats)
             theirs_q = baseline(report, client, [f"a photo number {i} of shapes" for i in range(64 if quick else 256)],
                                 sample_images(8 if quick else 32, seed=3), vectors, repeats)
         ratio = theirs_q.median / http.median

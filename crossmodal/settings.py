@@ -52,6 +52,7 @@ class Limits:
     max_recommend_history: int = 1_000  # most recent posts used (clustering and novelty)
     max_cluster_size: int = 200  # HDBSCAN min_cluster_size / min_samples upper bound
     embedding_norm_tolerance: float = 1e-3  # stored embeddings are unit vectors
+    max_feedback_ids: int = 1000  # ids per 'positive' / 'negative' list of /refine
 
 
 LIMITS = Limits()

@@ -149,6 +149,23 @@ def test_jina_http_client_works_too(service):
     assert len(doc.text_matches) == 1 and doc.text_matches[0].owner
 
 
+def test_refine_over_http_and_grpc_hides_marked_items(service):
+    query = {"id": "q", "text": "a red square"}
+    status, body = http_post(service["http"], "/search", [query], {"k": 4})
+    first = body["data"][0]
+    marked = {"positive": [first["image_matches"][0]["id"]], "negative": [first["text_matches"][0]["id"]]}
+    status, body = http_post(service["http"], "/refine", [query], {"k": 4, **marked})
+    assert status == 200, body
+    doc = body["data"][0]
+    assert doc["feedback"] == {"method": "linear", "positive": 1, "negative": 1, "weak_negatives": 0}
+    returned = {m["id"] for kind in ("text_matches", "image_matches") for m in doc[kind]}
+    assert returned and not returned & {*marked["positive"], *marked["negative"]}
+    [grpc_doc] = grpc_post(service, "/refine", [ContentDoc(id="q", text="a red square")], k=4, **marked)
+    assert [m.id for m in grpc_doc.image_matches] == [m["id"] for m in doc["image_matches"]]
+    status, body = http_post(service["http"], "/refine", [query], {"positive": ["no-such-id"]})
+    assert status == 422 and body["field"] == "positive" and "unknown id" in body["detail"]
+
+
 @pytest.mark.parametrize("parameters, name", [
     ({"k": 0}, "'k'"), ({"k": -1}, "'k'"), ({"k": "ten"}, "'k'"), ({"modalities": ["audio"]}, "'modalities'"),
 ])

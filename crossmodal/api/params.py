@@ -67,6 +67,24 @@ def modalities(name: str, value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+def id_list(name: str, value: Any) -> tuple[str, ...]:
+    value = [value] if isinstance(value, str) else value
+    if (not isinstance(value, (list, tuple)) or len(value) > LIMITS.max_feedback_ids
+            or any(not isinstance(i, str) or not i for i in value)):
+        raise ValueError(f"parameter {name!r} must be a list of at most {LIMITS.max_feedback_ids} document ids, "
+                         f"got {str(value)[:200]}")
+    return tuple(dict.fromkeys(value))
+
+
+def choice(*allowed: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"parameter {name!r} must be one of {list(allowed)}, got {value!r}")
+        return value
+
+    return check
+
+
 def param(default: Any, check: Callable[[str, Any], Any]) -> Any:
     return field(default=default, metadata={"check": check})
 
@@ -111,8 +129,36 @@ class RecommendParams:
     with_thumbnails: bool = param(False, boolean)
 
 
+@dataclass(frozen=True)
+class RefineParams:
+    """``/refine``: the search parameters plus the marks and how to use them.
+
+    Rocchio weights are the classic (1, 0.75, 0.15); ``c`` is the inverse regularisation of
+    the linear method; ``weak_negatives`` random items stand in when nothing was marked
+    not relevant.
+    """
+
+    k: int = K
+    username: Optional[str] = param(None, username)
+    modalities: tuple[str, ...] = param(MODALITIES, modalities)
+    with_thumbnails: bool = param(False, boolean)
+    positive: tuple[str, ...] = param((), id_list)
+    negative: tuple[str, ...] = param((), id_list)
+    method: str = param("linear", choice("linear", "rocchio"))
+    alpha: float = param(1.0, number(0, 10))
+    beta: float = param(0.75, number(0, 10))
+    gamma: float = param(0.15, number(0, 10))
+    c: float = param(1.0, number(1e-4, 1e4))
+    weak_negatives: int = param(64, number(1, 1000, integer=True))
+    seed: int = param(0, number(0, 2**32, integer=True, high_open=True))
+
+
 def parse_search_params(params: Mapping[str, Any]) -> SearchParams:
     return parse(SearchParams, params)
+
+
+def parse_refine_params(params: Mapping[str, Any]) -> RefineParams:
+    return parse(RefineParams, params)
 
 
 def parse_recommend_params(params: Mapping[str, Any]) -> RecommendParams:

@@ -83,3 +83,4 @@ class ContentDoc(BaseDoc):
     from_text: Optional[MatchGroup] = None
     from_image: Optional[MatchGroup] = None
     seeds: Optional[DocList[SeedDoc]] = None
+    feedback: Optional[dict] = None  # /refine: the method and how many labels it used

@@ -42,13 +42,14 @@ def _post(client, endpoint: str, docs: Iterable, total: int, batch_size: int, pa
     return result
 
 
-def _index(client, images: dict[str, Path], texts: dict[str, str], batch_size: int) -> None:
+def index_ground_truth(client, truth: GroundTruth, batch_size: int) -> None:
+    """Index every image and caption of the ground truth through the Flow."""
     from crossmodal.api.schemas import ContentDoc
 
     docs = itertools.chain(
-        (ContentDoc(id=i, owner=EVAL_OWNER, modality="image", blob=p.read_bytes()) for i, p in images.items()),
-        (ContentDoc(id=i, owner=EVAL_OWNER, modality="text", text=t) for i, t in texts.items()))
-    _post(client, "/index", docs, len(images) + len(texts), batch_size)
+        (ContentDoc(id=i, owner=EVAL_OWNER, modality="image", blob=p.read_bytes()) for i, p in truth.images.items()),
+        (ContentDoc(id=i, owner=EVAL_OWNER, modality="text", text=t) for i, t in truth.texts.items()))
+    _post(client, "/index", docs, len(truth.images) + len(truth.texts), batch_size)
 
 
 def _search(client, queries: Iterable, total: int, modality: str, k: int, batch_size: int) -> dict[str, list[str]]:
@@ -128,7 +129,7 @@ def evaluate(captions_csv: Path, images_dir: Path, model: Optional[str], pretrai
         cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
                             grpc_port=free_port(), http_port=free_port(), device=device)
         with running_flow(cfg, spec) as client:
-            _index(client, truth.images, truth.texts, batch_size)
+            index_ground_truth(client, truth, batch_size)
             t2i = _search(client, (ContentDoc(id=q, text=t) for q, t, _ in truth.text_queries),
                           len(truth.text_queries), "image", k, batch_size)
             i2t = _search(client, (ContentDoc(id=i, blob=p.read_bytes()) for i, p in truth.images.items()),

@@ -80,7 +80,7 @@ class ClipImageEncoder(Executor):
         await self.batchers[True].run([d for d in docs if d.error is None and d.modality == "image"])
         return docs
 
-    @requests(on="/search")
+    @requests(on=["/search", "/refine"])
     async def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         await self.batchers[False].run([d for d in docs if d.error is None and (d.blob or d.uri)])
         return docs

@@ -49,7 +49,7 @@ class ClipTextEncoder(Executor):
         await self.batcher.run([d for d in docs if d.error is None and d.modality == "text"])
         return docs
 
-    @requests(on="/search")
+    @requests(on=["/search", "/refine"])
     async def search(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         self._validate(docs, query_error)
         await self.batcher.run([d for d in docs if d.error is None and not (d.blob or d.uri)])

@@ -6,9 +6,10 @@ from docarray import DocList
 from jina import Executor, requests
 
 from crossmodal.api import convert
-from crossmodal.api.params import parse_recommend_params, parse_search_params
+from crossmodal.api.params import parse_recommend_params, parse_refine_params, parse_search_params
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error
+from crossmodal.feedback.search import refine
 from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.recommend.pick import recommend
 from crossmodal.settings import INDEX, MODALITIES
@@ -61,6 +62,20 @@ class CrossmodalIndexer(Executor):
                 setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
         for doc in docs:
             if doc.error is None:
+                doc.status = "ok"
+            doc.embedding = doc.blob = None
+        return docs
+
+    @requests(on="/refine")
+    def refine(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
+        """``/search`` again with the person's marks (see crossmodal/feedback)."""
+        params = client_params(parse_refine_params, parameters)
+        for doc in docs:
+            if doc.error is None and doc.embedding is not None:
+                found, doc.feedback = refine(self.index, doc.embedding, params)
+                thumbs = self.index.thumbnails([m for ms in found.values() for m in ms]) if params.with_thumbnails else {}
+                for modality, matches in found.items():
+                    setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
                 doc.status = "ok"
             doc.embedding = doc.blob = None
         return docs

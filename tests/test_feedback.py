@@ -1,0 +1,118 @@
+"""Relevance feedback (/refine) on constructed embeddings: the marks pull results their way.
+
+Three "kinds" are tight groups around orthogonal directions of a 32-d space, each with
+text and image items (an offset per modality mimics CLIP's modality gap). The query
+sits between kinds A and B; marking A relevant (and B not) must bring A first, in both
+modalities, whichever method.
+"""
+import numpy as np
+import pytest
+
+from crossmodal.api.params import parse_refine_params
+from crossmodal.feedback.core import linear, rocchio
+from crossmodal.feedback.search import refine
+from crossmodal.index.content import ContentIndex, IndexConfig
+from crossmodal.index.store import Item
+
+D = 32
+KINDS = {"A": 0, "B": 1, "C": 2}
+
+
+def unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture
+def index(tmp_path):
+    rng = np.random.default_rng(0)
+    gap = {"text": np.eye(D)[10] * 0.5, "image": np.eye(D)[11] * 0.5}
+    items = []
+    for kind, axis in KINDS.items():
+        for modality in ("text", "image"):
+            vectors = unit(np.eye(D)[axis] + gap[modality] + 0.15 * rng.standard_normal((20, D)))
+            items += [Item(f"{kind}-{modality}-{i}", f"user{i % 4}", modality, v) for i, v in enumerate(vectors)]
+    content = ContentIndex(IndexConfig(tmp_path, "test-model", D))
+    content.upsert(items)
+    yield content
+    content.close()
+
+
+QUERY = unit(np.eye(D)[0] + np.eye(D)[1] + np.eye(D)[10] * 0.5)  # a text query between A and B
+
+
+def kinds(matches):
+    return [m.row.id.split("-")[0] for m in matches]
+
+
+@pytest.mark.parametrize("method", ["linear", "rocchio"])
+def test_marking_images_refines_both_modalities(index, method):
+    params = parse_refine_params({"k": 10, "method": method, "positive": [f"A-image-{i}" for i in range(3)],
+                                  "negative": [f"B-image-{i}" for i in range(3)]})
+    found, used = refine(index, QUERY, params)
+    for modality in ("text", "image"):
+        assert kinds(found[modality]) == ["A"] * 10, (modality, kinds(found[modality]))
+        scores = [m.score for m in found[modality]]
+        assert scores == sorted(scores, reverse=True)
+    labelled = {*params.positive, *params.negative}
+    assert not labelled & {m.row.id for ms in found.values() for m in ms}, "marked items came back"
+    assert used == {"method": method, "positive": 3, "negative": 3, "weak_negatives": 0}
+
+
+def test_the_unrefined_query_mixes_kinds(index):
+    """The baseline the test above improves on: plain search returns A and B mixed."""
+    [matches] = index.search(QUERY[None, :], "image", 20)
+    assert set(kinds(matches)) == {"A", "B"}
+
+
+def test_positives_alone_use_weak_negatives_from_the_collection(index):
+    params = parse_refine_params({"k": 5, "positive": ["B-text-0", "B-text-1"], "weak_negatives": 30})
+    found, used = refine(index, QUERY, params)
+    assert kinds(found["image"]) == ["B"] * 5 and kinds(found["text"]) == ["B"] * 5
+    assert used["weak_negatives"] == 30 and used["negative"] == 0
+
+
+def test_linear_score_is_the_classifier_decision_value(index):
+    params = parse_refine_params({"k": 3, "positive": ["A-image-0"], "negative": ["C-image-0"],
+                                  "modalities": ["image"]})
+    found, _ = refine(index, QUERY, params)
+    positives = index.store.embeddings_by_id(["A-image-0"])["A-image-0"][1][None, :]
+    negatives = index.store.embeddings_by_id(["C-image-0"])["C-image-0"][1][None, :]
+    direction = linear(QUERY, positives, negatives, np.zeros(0), c=1.0)
+    vectors = index.store.embeddings_by_id([m.row.id for m in found["image"]])
+    for m in found["image"]:
+        assert m.score == pytest.approx(float(vectors[m.row.id][1] @ direction.w + direction.b), abs=1e-4)
+
+
+def test_owner_exclusion_and_k_hold(index):
+    params = parse_refine_params({"k": 7, "username": "user1", "positive": ["A-text-0"], "modalities": "text"})
+    found, _ = refine(index, QUERY, params)
+    assert len(found["text"]) == 7 and all(m.row.owner != "user1" for m in found["text"])
+    assert "image" not in found
+
+
+def test_rocchio_moves_the_query_towards_the_positives():
+    moved = rocchio(QUERY, unit(np.eye(D)[[0]]), unit(np.eye(D)[[1]]), 1.0, 0.75, 0.15).w
+    assert moved @ np.eye(D)[0] > QUERY @ np.eye(D)[0] and moved @ np.eye(D)[1] < QUERY @ np.eye(D)[1]
+    assert np.linalg.norm(moved) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({}, "'positive': no marks given"),
+    ({"positive": ["A-text-0", "nope"]}, "'positive': unknown id(s) ['nope']"),
+    ({"positive": ["A-text-0"], "negative": ["A-text-0"]}, "'negative': also in 'positive': ['A-text-0']"),
+    ({"negative": ["ghost"]}, "'negative': unknown id(s) ['ghost']"),
+])
+def test_label_errors_name_the_parameter(index, parameters, message):
+    with pytest.raises(ValueError) as failure:
+        refine(index, QUERY, parse_refine_params(parameters))
+    assert message in str(failure.value)
+
+
+@pytest.mark.parametrize("parameters, name", [
+    ({"method": "svm"}, "'method'"), ({"positive": "x" * 3 and [1]}, "'positive'"),
+    ({"negative": [""]}, "'negative'"), ({"positive": ["a"] * 1001}, "'positive'"), ({"gamma": -1}, "'gamma'"),
+])
+def test_bad_parameters_name_the_parameter(parameters, name):
+    with pytest.raises(ValueError, match=name):
+        parse_refine_params(parameters)
