@@ -67,6 +67,25 @@ class EncoderSettings:
 ENCODER = EncoderSettings()
 
 
+@dataclass(frozen=True)
+class AuthSettings:
+    """Users and tokens. A token is 32 random bytes, so no KDF cost makes guessing it
+    easier or harder; scrypt with a per-user salt keeps a leaked users table from
+    being reused, at ~12 ms a check here (n=2**14 costs ~50 ms, on every request)."""
+
+    token_bytes: int = 32
+    salt_bytes: int = 16
+    scrypt_n: int = 2**12
+    scrypt_r: int = 8
+    scrypt_p: int = 1
+    max_name_chars: int = 64
+    # the request parameter the gateway sets to the authenticated user; clients' values are dropped
+    parameter: str = "__crossmodal_user__"
+
+
+AUTH = AuthSettings()
+
+
 @dataclass
 class ServiceConfig:
     """Everything a running service needs; the CLI's flags map one to one onto it."""
@@ -80,3 +99,4 @@ class ServiceConfig:
     device: str = "auto"
     index_factory: str = INDEX.factory
     data_roots: Sequence[str] = field(default_factory=tuple)
+    auth: bool = False  # every endpoint needs a token (app.py turns it on off loopback)

@@ -298,3 +298,14 @@ class Store:
     def owner_count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(DISTINCT owner) FROM items").fetchone()[0]
+
+    def owners(self, ids: Sequence[str]) -> dict[str, str]:
+        """Owner by caller id, for the stored ones among ``ids``."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):  # stay under SQLite's bound-variable limit
+                chunk = ids[start:start + 500]
+                out.update(self._db.execute(
+                    f"SELECT id, owner FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return out

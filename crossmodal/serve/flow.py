@@ -44,6 +44,7 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_DEVICE": cfg.device,
         "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
+        "CROSSMODAL_AUTH": "1" if cfg.auth else "0",  # read by the gateway and the executors
     }
 
 
