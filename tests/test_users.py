@@ -80,13 +80,12 @@ def test_auth_on_without_a_user_is_refused():
 
 def test_index_rules_for_a_user():
     stored = {"alices": "alice", "bobs": "bob"}
-    docs = [ContentDoc(id="new", modality="text", text="x"),              # owner filled in
+    docs = [ContentDoc(id="new", owner="alice", modality="text", text="x"),  # new id
             ContentDoc(id="alices", owner="alice", modality="text", text="x"),  # own id: update
             ContentDoc(id="bobs", owner="alice", modality="text", text="x"),    # another's id
             ContentDoc(id="other", owner="bob", modality="text", text="x")]     # posting as another
     identity.check_index(docs, _params("alice"), True, lambda ids: {i: stored[i] for i in ids if i in stored})
     assert [d.error is None for d in docs] == [True, True, False, False]
-    assert docs[0].owner == "alice"
     assert "belongs to another user" in docs[2].error and "differs" in docs[3].error
 
 

@@ -51,8 +51,8 @@ def as_user(parameters: Mapping[str, Any], auth: bool) -> dict:
 def check_index(docs: Sequence[ContentDoc], parameters: Mapping[str, Any], auth: bool, owners_of: OwnersOf) -> None:
     """/index: content is stored as the signed-in user, and never over another user's id.
 
-    A missing ``owner`` becomes the user; a different one, or an id that another
-    user owns, is an error on that document only.
+    ``owner`` stays required (the encoders check it first); one that is not the
+    user, or an id that another user owns, is an error on that document only.
     """
     user = acting_user(parameters, auth)
     if user is None or user.admin:
@@ -61,8 +61,6 @@ def check_index(docs: Sequence[ContentDoc], parameters: Mapping[str, Any], auth:
     for doc in docs:
         if doc.error is not None:
             continue
-        if not doc.owner:
-            doc.owner = user.name
         if doc.owner != user.name:
             mark_error(doc, f"owner: {doc.owner!r} differs from the signed-in user {user.name!r}")
         elif stored.get(doc.id, user.name) != user.name:

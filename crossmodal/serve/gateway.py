@@ -4,15 +4,22 @@ Jina has no option to serve static files, and a separate web server would need i
 own port, process and CORS set-up. Instead the HTTP server keeps Jina's FastAPI app
 (every endpoint, ``/docs``, the ``GET /`` health check) and gains ``/ui/``, served
 from the repository's ``ui/`` folder. Loaded by the Flow YAML through ``py_modules``,
-so this module imports nothing from the ``crossmodal`` package.
+so it puts the repository on ``sys.path`` itself for the one ``crossmodal`` module it
+uses (``crossmodal.serve.auth``, light: no torch).
 """
+import sys
 from pathlib import Path
 
 from jina.enums import ProtocolType
 from jina.parsers.helper import _get_gateway_class
 from jina.serve.runtimes.gateway.composite import CompositeGateway
+from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
+
+if str(Path(__file__).resolve().parents[2]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from crossmodal.serve.auth import Authenticator, GRPCAuthInterceptor, add_http_auth  # noqa: E402
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 UI_PATH = "/ui"
@@ -49,6 +56,29 @@ class UIHTTPGateway(HTTPGateway):
         return add_ui(super().app)
 
 
+class AuthHTTPGateway(UIHTTPGateway):
+    """Checks tokens and sets the acting user (crossmodal/serve/auth.py)."""
+
+    @property
+    def app(self):
+        return add_http_auth(super().app, self._request_handler.streamer, Authenticator.from_env())
+
+
+class AuthGRPCGateway(GRPCGateway):
+    """Checks the ``authorization`` metadata and sets the acting user (crossmodal/serve/auth.py)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        interceptors = list(self.grpc_tracing_server_interceptors or [])
+        self.grpc_tracing_server_interceptors = [GRPCAuthInterceptor(Authenticator.from_env()), *interceptors]
+
+
+def server_class(protocol):
+    """The server for one protocol of the Flow: ours for HTTP and gRPC, Jina's otherwise."""
+    return {ProtocolType.HTTP: AuthHTTPGateway, ProtocolType.GRPC: AuthGRPCGateway}.get(
+        protocol) or _get_gateway_class(protocol)
+
+
 class CrossmodalGateway(CompositeGateway):
     """One server per protocol of the Flow, as Jina's default gateway, with the UI on HTTP."""
 
@@ -56,9 +86,5 @@ class CrossmodalGateway(CompositeGateway):
         # CompositeServer.__init__ only builds the servers, always with Jina's classes;
         # build them here instead so that the HTTP one is UIHTTPGateway.
         CompositeBaseServer.__init__(self, **kwargs)
-        self.servers = [
-            (UIHTTPGateway if args["runtime_args"]["protocol"] == ProtocolType.HTTP
-             else _get_gateway_class(args["runtime_args"]["protocol"]))(**args)
-            for args in self._server_kwargs
-        ]
+        self.servers = [server_class(args["runtime_args"]["protocol"])(**args) for args in self._server_kwargs]
         self.gateways = self.servers  # the name Jina's older code reads
