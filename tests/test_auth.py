@@ -1,0 +1,113 @@
+"""The gateway side of authentication (crossmodal/serve/auth.py) and app.py's --auth default."""
+import asyncio
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+import app
+from crossmodal.index.users import User, Users
+from crossmodal.serve import auth
+from crossmodal.settings import AUTH
+
+
+def test_bearer_takes_the_token_of_a_bearer_header_or_a_bare_token():
+    assert auth.bearer("Bearer abc") == "abc"
+    assert auth.bearer("bearer  abc ") == "abc"
+    assert auth.bearer("abc") == "abc"
+    assert auth.bearer("") is None and auth.bearer(None) is None
+
+
+def test_client_values_of_the_reserved_parameter_are_always_dropped():
+    forged = {"k": 3, AUTH.parameter: {"name": "root", "admin": True}}
+    assert auth.with_user(forged, None) == {"k": 3}
+    assert auth.with_user(forged, User("bob")) == {"k": 3, AUTH.parameter: {"name": "bob", "admin": False}}
+    assert auth.with_user(None, None) == {}
+
+
+def test_the_http_streamer_sends_the_middlewares_user_only():
+    seen = []
+    streamer = SimpleNamespace(**{name: (lambda *a, parameters=None, **k: seen.append(parameters))
+                                  for name in ("stream_docs", "stream_doc", "stream")})
+    auth.guard_streamer(streamer)
+    streamer.stream_docs([], parameters={AUTH.parameter: {"name": "root", "admin": True}})
+    token = auth._HTTP_USER.set(User("bob"))
+    try:
+        streamer.stream_docs([], exec_endpoint="/search", parameters={"k": 1})
+    finally:
+        auth._HTTP_USER.reset(token)
+    assert seen == [{}, {"k": 1, AUTH.parameter: {"name": "bob", "admin": False}}]
+
+
+class FakeContext:
+    def __init__(self):
+        self.aborted = None
+
+    async def abort(self, code, details):
+        self.aborted = (code, details)
+        raise RuntimeError("aborted")
+
+
+def call(interceptor, metadata, request, method="/jina.JinaSingleDataRequestRPC/process_single_data"):
+    async def behaviour(req, context):
+        return req.parameters
+
+    async def run():
+        handler = grpc.unary_unary_rpc_method_handler(behaviour)
+        details = SimpleNamespace(method=method, invocation_metadata=metadata)
+        wrapped = await interceptor.intercept_service(lambda d: _ready(handler), details)
+        context = FakeContext()
+        try:
+            return await wrapped.unary_unary(request, context), context
+        except RuntimeError:
+            return None, context
+
+    return asyncio.run(run())
+
+
+async def _ready(value):
+    return value
+
+
+@pytest.fixture
+def authenticator(tmp_path):
+    token = Users(tmp_path).add("bob")
+    return auth.Authenticator(tmp_path, enabled=True), token
+
+
+def test_grpc_interceptor_refuses_missing_and_wrong_tokens_alike(authenticator):
+    interceptor = auth.GRPCAuthInterceptor(authenticator[0])
+    request = SimpleNamespace(parameters={"k": 1})
+    results = [call(interceptor, (), request), call(interceptor, (("authorization", "Bearer nope"),), request)]
+    for answer, context in results:
+        assert answer is None and context.aborted == (grpc.StatusCode.UNAUTHENTICATED, auth.REFUSED)
+
+
+def test_grpc_interceptor_sets_the_user_and_drops_a_forged_one(authenticator):
+    checker, token = authenticator
+    request = SimpleNamespace(parameters={"k": 1, AUTH.parameter: {"name": "root", "admin": True}})
+    answer, context = call(auth.GRPCAuthInterceptor(checker), (("authorization", f"Bearer {token}"),), request)
+    assert context.aborted is None
+    assert answer == {"k": 1, AUTH.parameter: {"name": "bob", "admin": False}}
+
+
+def test_grpc_health_stays_open(authenticator):
+    request = SimpleNamespace(parameters={})
+    answer, context = call(auth.GRPCAuthInterceptor(authenticator[0]), (), request,
+                           method="/grpc.health.v1.Health/Check")
+    assert context.aborted is None
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], False), (["--host", "127.0.0.1"], False), (["--host", "::1"], False), (["--auth"], True),
+    (["--host", "0.0.0.0"], True), (["--host", "example.org"], True), (["--host", "0.0.0.0", "--no-auth"], False),
+])
+def test_auth_is_on_off_loopback_unless_refused(argv, expected, capsys):
+    cfg = app.service_config(app.parse_args(["-t", "query", *argv]))
+    assert cfg.auth is expected
+    warned = "WARNING: --no-auth" in capsys.readouterr().err
+    assert warned is ("--no-auth" in argv)
+
+
+def test_one_shot_tasks_never_turn_auth_on():
+    assert app.service_config(app.parse_args(["-t", "index", "--host", "0.0.0.0"])).auth is False
