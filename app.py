@@ -97,13 +97,17 @@ def auth_wanted(args: argparse.Namespace) -> bool:
 
 
 def run_adduser(args: argparse.Namespace) -> int:
-    from crossmodal.index.users import Users
+    """Runs without the model stack (main calls it before importing torch): it takes a second."""
+    from crossmodal.index.users import UserError, Users
 
     if not args.name:
         sys.exit("-t adduser needs a NAME: python app.py -t adduser alice [--admin] --workspace DIR")
     users = Users(args.workspace)
     try:
         token = users.add(args.name, admin=args.admin)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         users.close()
     print(f"{'admin ' if args.admin else ''}user {args.name!r} added to {args.workspace}. Its token, shown only once:\n"
@@ -204,11 +208,12 @@ def run_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.task == "adduser":
+        return run_adduser(args)
     from crossmodal.index.store import WorkspaceError
     from crossmodal.model.resolve import ModelUnavailable
 
-    task = {"index": run_index, "query": run_query, "finetune": run_finetune, "eval": run_eval,
-            "adduser": run_adduser}[args.task]
+    task = {"index": run_index, "query": run_query, "finetune": run_finetune, "eval": run_eval}[args.task]
     try:
         return task(args)
     except (ModelUnavailable, WorkspaceError, FileNotFoundError, ValueError) as err:

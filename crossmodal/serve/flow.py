@@ -15,11 +15,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from crossmodal.model.resolve import ModelSpec, embed_dim
 from crossmodal.settings import FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # resolving models imports torch: only where a Flow starts (adduser stays fast)
     from jina import Client
+
+    from crossmodal.model.resolve import ModelSpec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,6 +31,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
+    from crossmodal.model.resolve import embed_dim
+
     return {
         **JINA_QUIET,
         "CROSSMODAL_ROOT": str(ROOT),
@@ -55,6 +58,7 @@ def preflight(cfg: ServiceConfig, spec: ModelSpec) -> None:
     Jina start-up failure deep in a child process into a one-line error.
     """
     from crossmodal.index.store import Store, WorkspaceLock
+    from crossmodal.model.resolve import embed_dim
 
     lock = WorkspaceLock(Path(cfg.workspace))
     lock.acquire()
