@@ -80,11 +80,12 @@ def server_class(protocol):
 
 
 class CrossmodalGateway(CompositeGateway):
-    """One server per protocol of the Flow, as Jina's default gateway, with the UI on HTTP."""
+    """One server per protocol of the Flow, as Jina's default gateway, with the UI on HTTP
+    and token checks on HTTP and gRPC."""
 
     def __init__(self, **kwargs):
         # CompositeServer.__init__ only builds the servers, always with Jina's classes;
-        # build them here instead so that the HTTP one is UIHTTPGateway.
+        # build them here instead with ours (server_class).
         CompositeBaseServer.__init__(self, **kwargs)
         self.servers = [server_class(args["runtime_args"]["protocol"])(**args) for args in self._server_kwargs]
         self.gateways = self.servers  # the name Jina's older code reads
