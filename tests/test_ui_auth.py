@@ -1,5 +1,6 @@
 """The web page's sign-in box (ui/auth.js) against a service with --auth, in headless Chromium."""
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 expect = sync_api.expect
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: apt-get install -y chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 
@@ -29,6 +31,8 @@ def test_sign_in_keeps_the_token_in_the_session_only(tmp_path):
             page.fill("#signin-token", "cm_0123456789abcdef." + "A" * 43)
             page.click("#signin button[type=submit]")
             expect(page.locator("#signin-status")).to_have_text("token not accepted")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "ui-signin.png"))
 
             page.fill("#signin-token", token)
             page.click("#signin button[type=submit]")  # reloads the page, signed in
