@@ -160,6 +160,9 @@ def run_index(args: argparse.Namespace) -> int:
     return 1 if counts["error"] and not (counts["indexed"] or counts["updated"]) else 0
 
 
+AUTH_HEADER = '-H "Authorization: Bearer $TOKEN" '
+
+
 def run_query(args: argparse.Namespace) -> int:
     from crossmodal.serve.flow import build_flow, started, stop_on_signals
 
@@ -174,6 +177,7 @@ def run_query(args: argparse.Namespace) -> int:
               f"  Web  : {base}/ui/\n"
               f"  auth : {'on: send Authorization: Bearer <token> (create one: -t adduser NAME)' if cfg.auth else 'off'}\n"
               f"  try  : curl -s -X POST {base}/search -H 'Content-Type: application/json' "
+              f"{AUTH_HEADER if cfg.auth else ''}"
               f"-d '{{\"data\": [{{\"id\": \"q1\", \"text\": \"two large red circles on a grey background\"}}], "
               f"\"parameters\": {{\"k\": 3, \"username\": \"alice\"}}}}'\n", flush=True)
         while not stop.wait(timeout=0.5):  # see stop_on_signals
