@@ -79,6 +79,11 @@ class AuthSettings:
     scrypt_r: int = 8
     scrypt_p: int = 1
     max_name_chars: int = 64
+    # the gateway remembers tokens it verified (by SHA-256, never the token) so that a
+    # client's next requests skip scrypt; a user removed from the table loses access
+    # within this time
+    cache_seconds: float = 60.0
+    cache_entries: int = 4096
     # the request parameter the gateway sets to the authenticated user; clients' values are dropped
     parameter: str = "__crossmodal_user__"
 

@@ -111,3 +111,21 @@ def test_auth_is_on_off_loopback_unless_refused(argv, expected, capsys):
 
 def test_one_shot_tasks_never_turn_auth_on():
     assert app.service_config(app.parse_args(["-t", "index", "--host", "0.0.0.0"])).auth is False
+
+
+def test_verified_tokens_are_remembered_for_a_while_and_wrong_ones_never(tmp_path):
+    import sqlite3
+
+    from crossmodal.index.store import DB_NAME
+    from crossmodal.settings import AuthSettings
+
+    token = Users(tmp_path).add("bob")
+    cached, uncached = auth.Authenticator(tmp_path, True), auth.Authenticator(tmp_path, True, AuthSettings(cache_seconds=0))
+    for checker in (cached, uncached):
+        assert asyncio.run(checker.user(token)) == User("bob")
+        assert asyncio.run(checker.user(token + "x")) is None
+    assert len(cached._verified) == 1 and token.encode() not in str(cached._verified).encode()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        db.execute("DELETE FROM users")
+    assert asyncio.run(cached.user(token)) == User("bob")  # within cache_seconds
+    assert asyncio.run(uncached.user(token)) is None

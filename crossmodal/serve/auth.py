@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import grpc
 
 from crossmodal.index.users import User, Users
-from crossmodal.settings import AUTH
+from crossmodal.settings import AUTH, AuthSettings
 
 REFUSED = "unauthenticated: a valid token is required (HTTP 'Authorization: Bearer <token>', gRPC metadata 'authorization')"
 OPEN_HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -52,11 +54,17 @@ def with_user(parameters: Optional[Mapping[str, Any]], user: Optional[User]) -> 
 
 
 class Authenticator:
-    """Token checks for one gateway server; ``enabled`` False lets everyone in as nobody."""
+    """Token checks for one gateway server; ``enabled`` False lets everyone in as nobody.
 
-    def __init__(self, workspace: Path, enabled: bool):
-        self.enabled = enabled
-        self._users = Users(workspace, read_only=True) if enabled else None
+    Verified tokens are remembered by their SHA-256 for ``cache_seconds``: scrypt
+    costs 10-25 ms here, as much as a whole /stats request. Only successes are kept,
+    so a wrong token always costs the full check.
+    """
+
+    def __init__(self, workspace: Path, enabled: bool, settings: AuthSettings = AUTH):
+        self.enabled, self.settings = enabled, settings
+        self._users = Users(workspace, read_only=True, settings=settings) if enabled else None
+        self._verified: dict[bytes, tuple[float, User]] = {}
 
     @classmethod
     def from_env(cls) -> Authenticator:
@@ -65,8 +73,18 @@ class Authenticator:
         return cls(Path(os.environ.get("CROSSMODAL_WORKSPACE", "workspace")), enabled)
 
     async def user(self, token: Optional[str]) -> Optional[User]:
-        """scrypt takes ~10 ms: it runs off the event loop so other requests go on meanwhile."""
-        return await asyncio.to_thread(self._users.verify, token)
+        """The token's user or None; scrypt runs off the event loop so other requests go on."""
+        key = hashlib.sha256((token or "").encode()).digest()
+        now = time.monotonic()
+        cached = self._verified.get(key)
+        if cached and cached[0] > now:
+            return cached[1]
+        user = await asyncio.to_thread(self._users.verify, token)
+        if user is not None:
+            if len(self._verified) >= self.settings.cache_entries:
+                self._verified.clear()
+            self._verified[key] = (now + self.settings.cache_seconds, user)
+        return user
 
 
 # -- HTTP ------------------------------------------------------------------------------
