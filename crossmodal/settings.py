@@ -19,6 +19,10 @@ UI_DIR = ROOT / "ui"
 
 MODALITIES = ("text", "image")
 
+# Executors are reached only through the gateway, which checks tokens: they never listen
+# beyond loopback, whatever --host the gateway serves on.
+EXECUTOR_HOST = "127.0.0.1"
+
 # Jina's telemetry, survey and chatty logs stay off in every process that starts a Flow;
 # an explicit JINA_LOG_LEVEL is honoured.
 JINA_QUIET = {"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",

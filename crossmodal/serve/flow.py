@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from crossmodal.settings import FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
+from crossmodal.settings import EXECUTOR_HOST, FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
 if TYPE_CHECKING:  # resolving models imports torch: only where a Flow starts (adduser stays fast)
     from jina import Client
@@ -39,6 +39,7 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_GRPC_PORT": str(cfg.grpc_port),
         "CROSSMODAL_HTTP_PORT": str(cfg.http_port),
         "CROSSMODAL_HOST": cfg.host,
+        "CROSSMODAL_EXECUTOR_HOST": EXECUTOR_HOST,
         "CROSSMODAL_WORKSPACE": str(Path(cfg.workspace).resolve()),
         "CROSSMODAL_MODEL": spec.name,
         "CROSSMODAL_PRETRAINED": spec.pretrained,
