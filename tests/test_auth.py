@@ -6,7 +6,8 @@ import grpc
 import pytest
 
 import app
-from crossmodal.index.users import User, Users
+from crossmodal.api import identity
+from crossmodal.index.users import KEY_ENV, User, Users, signature
 from crossmodal.serve import auth
 from crossmodal.settings import AUTH
 
@@ -18,11 +19,21 @@ def test_bearer_takes_the_token_of_a_bearer_header_or_a_bare_token():
     assert auth.bearer("") is None and auth.bearer(None) is None
 
 
+@pytest.fixture(autouse=True)
+def signing_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k" * 64)
+
+
+def signed(name, admin=False):
+    return {"name": name, "admin": admin, "sig": signature(name, admin, ("k" * 64).encode())}
+
+
 def test_client_values_of_the_reserved_parameter_are_always_dropped():
-    forged = {"k": 3, AUTH.parameter: {"name": "root", "admin": True}}
+    forged = {"k": 3, AUTH.parameter: signed("root", True)}
     assert auth.with_user(forged, None) == {"k": 3}
-    assert auth.with_user(forged, User("bob")) == {"k": 3, AUTH.parameter: {"name": "bob", "admin": False}}
+    assert auth.with_user(forged, User("bob")) == {"k": 3, AUTH.parameter: signed("bob")}
     assert auth.with_user(None, None) == {}
+    assert identity.acting_user(auth.with_user({}, User("bob")), True) == User("bob")  # what executors accept
 
 
 def test_the_http_streamer_sends_the_middlewares_user_only():
@@ -36,7 +47,7 @@ def test_the_http_streamer_sends_the_middlewares_user_only():
         streamer.stream_docs([], exec_endpoint="/search", parameters={"k": 1})
     finally:
         auth._HTTP_USER.reset(token)
-    assert seen == [{}, {"k": 1, AUTH.parameter: {"name": "bob", "admin": False}}]
+    assert seen == [{}, {"k": 1, AUTH.parameter: signed("bob")}]
 
 
 class FakeContext:
@@ -88,7 +99,7 @@ def test_grpc_interceptor_sets_the_user_and_drops_a_forged_one(authenticator):
     request = SimpleNamespace(parameters={"k": 1, AUTH.parameter: {"name": "root", "admin": True}})
     answer, context = call(auth.GRPCAuthInterceptor(checker), (("authorization", f"Bearer {token}"),), request)
     assert context.aborted is None
-    assert answer == {"k": 1, AUTH.parameter: {"name": "bob", "admin": False}}
+    assert answer == {"k": 1, AUTH.parameter: signed("bob")}
 
 
 def test_grpc_health_stays_open(authenticator):

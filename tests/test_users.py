@@ -6,7 +6,7 @@ import pytest
 from crossmodal.api import identity
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.index.store import DB_NAME
-from crossmodal.index.users import User, UserError, Users
+from crossmodal.index.users import KEY_ENV, User, UserError, Users, signature
 from crossmodal.settings import AUTH
 
 
@@ -59,8 +59,17 @@ def test_gateway_reads_read_only_and_sees_users_added_later(tmp_path):
     assert reader.verify(token) == User("bob")
 
 
+KEY = "k" * 64
+
+
+@pytest.fixture(autouse=True)
+def signing_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
 def _params(name=None, admin=False, **extra):
-    return {**extra, **({AUTH.parameter: {"name": name, "admin": admin}} if name else {})}
+    user = {"name": name, "admin": admin, "sig": signature(name, admin, KEY.encode())} if name else None
+    return {**extra, **({AUTH.parameter: user} if user else {})}
 
 
 def test_rules_change_nothing_with_auth_off():
@@ -76,6 +85,25 @@ def test_auth_on_without_a_user_is_refused():
         identity.as_user({"username": "alice"}, True)
     with pytest.raises(PermissionError):
         identity.check_index([], {AUTH.parameter: "alice"}, True, lambda ids: {})
+
+
+@pytest.mark.parametrize("forge", [
+    lambda p: {**p, "sig": "0" * 64},                          # made-up signature
+    lambda p: {**p, "admin": True},                            # promoted after signing
+    lambda p: {**p, "name": "bob"},                            # renamed after signing
+    lambda p: {k: v for k, v in p.items() if k != "sig"},      # unsigned
+])
+def test_an_unsigned_or_altered_user_is_refused(forge):
+    forged = {AUTH.parameter: forge(_params("alice")[AUTH.parameter])}
+    with pytest.raises(PermissionError, match="not signed|no authenticated"):
+        identity.acting_user(forged, True)
+
+
+def test_without_a_key_nobody_is_accepted(monkeypatch):
+    params = _params("alice")
+    monkeypatch.setenv(KEY_ENV, "")
+    with pytest.raises(PermissionError):
+        identity.acting_user(params, True)
 
 
 def test_index_rules_for_a_user():

@@ -6,16 +6,21 @@ there; the executors call these functions, one per endpoint, and never trust an
 ``owner`` or ``username`` over it. An admin acts for anyone (``owner``/``username``
 as given). With authentication off they change nothing: owners are what clients say.
 
+The gateway also signs the user with a key drawn at every start (HMAC-SHA256, shared
+through the Flow's environment): executors listen on loopback only, and even a local
+process that reached them could not name a user it has no signature for.
+
 The indexer handles one request at a time (Jina's default), so checking owners and
 then writing cannot interleave with another request's write.
 """
 from __future__ import annotations
 
+import hmac
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.api.validate import mark_error
-from crossmodal.index.users import User
+from crossmodal.index.users import User, signature, signing_key
 from crossmodal.settings import AUTH
 
 OwnersOf = Callable[[Sequence[str]], Mapping[str, str]]  # id -> owner of the stored ones
@@ -37,7 +42,10 @@ def acting_user(parameters: Mapping[str, Any], auth: bool) -> Optional[User]:
     value = (parameters or {}).get(AUTH.parameter)
     if not isinstance(value, Mapping) or not isinstance(value.get("name"), str) or not value["name"]:
         raise PermissionError("unauthenticated: the request carries no authenticated user")
-    return User(value["name"], value.get("admin") is True)
+    user, key, sig = User(value["name"], value.get("admin") is True), signing_key(), value.get("sig")
+    if not key or not isinstance(sig, str) or not hmac.compare_digest(sig, signature(user.name, user.admin, key)):
+        raise PermissionError("unauthenticated: the request's user is not signed by this service's gateway")
+    return user
 
 
 def as_user(parameters: Mapping[str, Any], auth: bool) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sqlite3
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS users (
     created_at REAL NOT NULL
 );
 """
+KEY_ENV = "CROSSMODAL_AUTH_KEY"  # drawn by crossmodal/serve/flow.py at every start
 _TOKEN = re.compile(r"cm_([0-9a-f]{16})\.([A-Za-z0-9_-]{16,256})")
 _NAME = re.compile(r"[\w.@+-]+")
 
@@ -51,6 +53,15 @@ def check_name(name: str, settings: AuthSettings = AUTH) -> str:
         raise UserError(f"user name: letters, digits and . _ @ + - only, 1..{settings.max_name_chars} "
                         f"characters, got {name!r}")
     return name
+
+
+def signing_key() -> bytes:
+    """The key the gateway signs the acting user with, shared with the executors."""
+    return os.environ.get(KEY_ENV, "").encode()
+
+
+def signature(name: str, admin: bool, key: bytes) -> str:
+    return hmac.new(key, f"{name}\0{int(admin)}".encode(), hashlib.sha256).hexdigest()
 
 
 def _hash(secret: str, salt: bytes, settings: AuthSettings) -> bytes:

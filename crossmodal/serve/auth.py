@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import grpc
 
-from crossmodal.index.users import User, Users
+from crossmodal.index.users import User, Users, signature, signing_key
 from crossmodal.settings import AUTH, AuthSettings
 
 REFUSED = "unauthenticated: a valid token is required (HTTP 'Authorization: Bearer <token>', gRPC metadata 'authorization')"
@@ -49,7 +49,8 @@ def with_user(parameters: Optional[Mapping[str, Any]], user: Optional[User]) -> 
     """Request parameters without any client value of the reserved key, plus the user if any."""
     out = {k: v for k, v in (parameters or {}).items() if k != AUTH.parameter}
     if user is not None:
-        out[AUTH.parameter] = {"name": user.name, "admin": user.admin}
+        out[AUTH.parameter] = {"name": user.name, "admin": user.admin,
+                               "sig": signature(user.name, user.admin, signing_key())}
     return out
 
 

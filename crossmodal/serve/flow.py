@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import signal
 import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
+from crossmodal.index.users import KEY_ENV
 from crossmodal.settings import EXECUTOR_HOST, FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
 if TYPE_CHECKING:  # resolving models imports torch: only where a Flow starts (adduser stays fast)
@@ -49,6 +51,7 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
         "CROSSMODAL_AUTH": "1" if cfg.auth else "0",  # read by the gateway and the executors
+        KEY_ENV: secrets.token_hex(32),  # the gateway signs the acting user with it (api/identity.py)
     }
 
 
