@@ -131,3 +131,19 @@ def test_search_and_delete_rules_for_a_user():
     allowed = identity.deletable(docs, _params("alice"), True, lambda ids: {"mine": "alice", "bobs": "bob"})
     assert [d.id for d in allowed] == ["mine", "unknown"]
     assert docs[1].status == "forbidden"
+
+
+def test_store_owners_of_ids_in_chunks(tmp_path):
+    import numpy as np
+
+    from crossmodal.index.store import Item, Store
+
+    store = Store(tmp_path)
+    store.upsert([Item(f"id-{i}", "alice" if i % 2 else "bob", "text", np.zeros(4, np.float32), text="x")
+                  for i in range(1200)])
+    owners = store.owners([f"id-{i}" for i in range(1200)] + ["unknown", "id-1"])
+    assert len(owners) == 1200 and owners["id-1"] == "alice" and owners["id-2"] == "bob" and "unknown" not in owners
+    # the users table lives in the same file without touching the store's tables or generation
+    generation = store.generation
+    Users(tmp_path).add("carol")
+    assert store.generation == generation and store.count() == 1200
