@@ -200,3 +200,31 @@ def test_admin_acts_for_anyone(service, call):
         assert call(service, "/index", [doc], "root")[0].status == "indexed"
         assert call(service, "/delete", [ContentDoc(id=doc.id)], "root")[0].status == "deleted"
     assert f"{name}-for-alice" not in all_ids(service)
+
+
+@pytest.mark.parametrize("call", [http, grpc])
+def test_clients_cannot_route_around_the_encoders(service, call):
+    """A client-chosen target executor would store an embedding of the client's own choosing."""
+    import json
+    import urllib.request
+
+    import numpy as np
+
+    name, text = call.__name__, "routing test sentence"
+    forged = {"id": f"{name}-routed", "owner": "alice", "modality": "text", "text": text, "embedding": [1.0] * 32}
+    if call is http:
+        body = json.dumps({"data": [forged], "header": {"targetExecutor": "indexer"}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{service['http']}/index", body, {
+            "Content-Type": "application/json", "Authorization": f"Bearer {service['tokens']['root']}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.loads(response.read())["data"][0]["status"] == "indexed"
+    else:
+        doc = ContentDoc(**{**forged, "embedding": np.ones(32, np.float32)})
+        [out] = service["grpc"].post("/index", DocList[ContentDoc]([doc]), target_executor="indexer",
+                                     return_type=DocList[ContentDoc],
+                                     metadata=(("authorization", f"Bearer {service['tokens']['root']}"),))
+        assert out.status == "indexed"
+    http(service, "/index", [{"id": f"{name}-plain", "owner": "alice", "modality": "text", "text": text}], "root")
+    _, body = http(service, "/search", [{"id": "q", "text": text}], "root", k=100, modalities=["text"])
+    scores = {m["id"]: m["score"] for m in body["data"][0]["text_matches"]}
+    assert scores[f"{name}-routed"] == pytest.approx(scores[f"{name}-plain"], abs=1e-5)  # both encoded here

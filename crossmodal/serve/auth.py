@@ -119,11 +119,15 @@ async def _send_401(send) -> None:
 
 
 def guard_streamer(streamer) -> None:
-    """Every request the HTTP app sends into the Flow gets its parameters from ``with_user``."""
+    """Every request the HTTP app sends into the Flow gets its parameters from ``with_user``,
+    and goes through every executor: a client-chosen ``target_executor`` (a regex) could
+    send documents with embeddings of its own straight to the indexer."""
     for name in ("stream_docs", "stream_doc", "stream"):
         original = getattr(streamer, name)
 
         def guarded(*args, _original=original, parameters=None, **kwargs):
+            if "target_executor" in kwargs:
+                kwargs["target_executor"] = None
             return _original(*args, parameters=with_user(parameters, _HTTP_USER.get()), **kwargs)
 
         setattr(streamer, name, guarded)
@@ -138,7 +142,7 @@ def add_http_auth(app, streamer, authenticator: Authenticator):
 # -- gRPC ------------------------------------------------------------------------------
 class GRPCAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses data calls without a valid ``authorization`` metadata entry, and sets the
-    acting user into every request of the calls it lets through."""
+    acting user into every request of the calls it lets through (dropping any target executor)."""
 
     def __init__(self, authenticator: Authenticator):
         self.auth = authenticator
@@ -174,6 +178,7 @@ def _refusing(behaviour, streaming_in: bool, streaming_out: bool):
 
 def _set_user(request, user: Optional[User]):
     request.parameters = with_user(request.parameters, user)
+    request.header.target_executor = ""  # the Flow routes every request, never a client (guard_streamer)
     return request
 
 
