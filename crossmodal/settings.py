@@ -88,6 +88,9 @@ class AuthSettings:
     # within this time
     cache_seconds: float = 60.0
     cache_entries: int = 4096
+    # a refused gRPC stream is read up to this many requests before the refusal is sent, so
+    # that the client, still sending, gets UNAUTHENTICATED rather than a failed send
+    max_refused_messages: int = 64
     # the request parameter the gateway sets to the authenticated user; clients' values are dropped
     parameter: str = "__crossmodal_user__"
 

@@ -171,6 +171,12 @@ def _rewrap(handler, wrap: Callable) -> grpc.RpcMethodHandler:
 
 def _refusing(behaviour, streaming_in: bool, streaming_out: bool):
     async def refuse(request, context):
+        if streaming_in:  # a client still sending would see a failed send (INTERNAL), not this status
+            received = 0
+            async for _ in request:
+                received += 1
+                if received >= AUTH.max_refused_messages:
+                    break
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
 
     return refuse
