@@ -38,16 +38,17 @@ def test_client_values_of_the_reserved_parameter_are_always_dropped():
 
 def test_the_http_streamer_sends_the_middlewares_user_only():
     seen = []
-    streamer = SimpleNamespace(**{name: (lambda *a, parameters=None, **k: seen.append(parameters))
+    streamer = SimpleNamespace(**{name: (lambda *a, parameters=None, **k: seen.append((parameters, k)))
                                   for name in ("stream_docs", "stream_doc", "stream")})
     auth.guard_streamer(streamer)
     streamer.stream_docs([], parameters={AUTH.parameter: {"name": "root", "admin": True}})
     token = auth._HTTP_USER.set(User("bob"))
     try:
-        streamer.stream_docs([], exec_endpoint="/search", parameters={"k": 1})
+        streamer.stream_docs([], exec_endpoint="/search", parameters={"k": 1}, target_executor="indexer")
     finally:
         auth._HTTP_USER.reset(token)
-    assert seen == [{}, {"k": 1, AUTH.parameter: signed("bob")}]
+    assert seen == [({}, {}),
+                    ({"k": 1, AUTH.parameter: signed("bob")}, {"exec_endpoint": "/search", "target_executor": None})]
 
 
 class FakeContext:
@@ -96,10 +97,12 @@ def test_grpc_interceptor_refuses_missing_and_wrong_tokens_alike(authenticator):
 
 def test_grpc_interceptor_sets_the_user_and_drops_a_forged_one(authenticator):
     checker, token = authenticator
-    request = SimpleNamespace(parameters={"k": 1, AUTH.parameter: {"name": "root", "admin": True}})
+    request = SimpleNamespace(parameters={"k": 1, AUTH.parameter: {"name": "root", "admin": True}},
+                              header=SimpleNamespace(target_executor="indexer"))
     answer, context = call(auth.GRPCAuthInterceptor(checker), (("authorization", f"Bearer {token}"),), request)
     assert context.aborted is None
     assert answer == {"k": 1, AUTH.parameter: signed("bob")}
+    assert request.header.target_executor == ""  # the Flow routes it through every executor
 
 
 def test_grpc_health_stays_open(authenticator):
