@@ -4,10 +4,12 @@
     python app.py -t query                           # serve gRPC + HTTP until Ctrl-C
     python app.py -t finetune --data DIR --out DIR   # contrastive fine-tuning (open_clip loss)
     python app.py -t eval --data DIR                 # Precision/Recall/nDCG@K through the Flow
+    python app.py -t adduser NAME [--admin]          # create a user, print its token once
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -31,7 +33,13 @@ DEFAULTS = ServiceConfig()
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-t", "--task", required=True, choices=["index", "query", "finetune", "eval"])
+    p.add_argument("-t", "--task", required=True, choices=["index", "query", "finetune", "eval", "adduser"])
+    p.add_argument("name", nargs="?", help="adduser: the new user's name")
+    p.add_argument("--admin", action="store_true", help="adduser: the user may act for anyone")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--auth", action="store_true", default=None,
+                      help="every endpoint needs a token (default: on unless --host is a loopback address)")
+    auth.add_argument("--no-auth", action="store_false", dest="auth", help="no tokens even off loopback (unsafe)")
     p.add_argument("--data", type=Path, help="folder, caption table (image,caption[,owner]) or text file")
     p.add_argument("--workspace", type=Path, default=DEFAULTS.workspace)
     p.add_argument("--model", help="open_clip model name or config .json (default ViT-B-32, else the demo model)")
@@ -68,7 +76,60 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
         http_port=args.http_port or (DEFAULTS.http_port if serving else free_port()),
         host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots), precision=args.precision,
+        auth=serving and auth_wanted(args),
     )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def auth_wanted(args: argparse.Namespace) -> bool:
+    """On when asked, or when serving beyond loopback; --no-auth there is allowed, loudly."""
+    if args.auth is None:
+        return not is_loopback(args.host)
+    if args.auth is False and not is_loopback(args.host):
+        print(f"\n{'!' * 78}\nWARNING: --no-auth on {args.host}: anyone who can reach this address can post, "
+              f"search and DELETE\nas any user. Use it only behind an authenticating proxy.\n{'!' * 78}\n",
+              file=sys.stderr, flush=True)
+    return bool(args.auth)
+
+
+def run_adduser(args: argparse.Namespace) -> int:
+    """Runs without the model stack (main calls it before importing torch): it takes a second."""
+    from crossmodal.index.users import UserError, Users
+
+    if not args.name:
+        sys.exit("-t adduser needs a NAME: python app.py -t adduser alice [--admin] --workspace DIR")
+    users = Users(args.workspace)
+    try:
+        token = users.add(args.name, admin=args.admin)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        users.close()
+    print(f"{'admin ' if args.admin else ''}user {args.name!r} added to {args.workspace}. Its token, shown only once:\n"
+          f"{token}")
+    return 0
+
+
+def users_check(cfg: ServiceConfig) -> None:
+    from crossmodal.index.users import Users
+
+    users = Users(cfg.workspace)
+    try:
+        if not users.count():
+            print(f"WARNING: authentication is on but {cfg.workspace} has no users: every request will be "
+                  f"refused. Add one with: python app.py -t adduser NAME --workspace {cfg.workspace}",
+                  file=sys.stderr, flush=True)
+    finally:
+        users.close()
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -103,18 +164,25 @@ def run_index(args: argparse.Namespace) -> int:
     return 1 if counts["error"] and not (counts["indexed"] or counts["updated"]) else 0
 
 
+AUTH_HEADER = '-H "Authorization: Bearer $TOKEN" '
+
+
 def run_query(args: argparse.Namespace) -> int:
     from crossmodal.serve.flow import build_flow, started, stop_on_signals
     from crossmodal.serve.shutdown import hard_stop_after
 
     cfg = service_config(args)
+    if cfg.auth:
+        users_check(cfg)
     with started(build_flow(cfg)), stop_on_signals() as stop:
         base = f"http://{cfg.host}:{cfg.http_port}"
         print(f"\ncrossmodal is serving (Ctrl-C to stop)\n"
               f"  gRPC : {cfg.host}:{cfg.grpc_port}   (jina Client(host='{cfg.host}', port={cfg.grpc_port}))\n"
               f"  HTTP : {base}   (OpenAPI docs: {base}/docs)\n"
               f"  Web  : {base}/ui/\n"
+              f"  auth : {'on: send Authorization: Bearer <token> (create one: -t adduser NAME)' if cfg.auth else 'off'}\n"
               f"  try  : curl -s -X POST {base}/search -H 'Content-Type: application/json' "
+              f"{AUTH_HEADER if cfg.auth else ''}"
               f"-d '{{\"data\": [{{\"id\": \"q1\", \"text\": \"two large red circles on a grey background\"}}], "
               f"\"parameters\": {{\"k\": 3, \"username\": \"alice\"}}}}'\n", flush=True)
         while not stop.wait(timeout=0.5):  # see stop_on_signals
@@ -157,6 +225,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.task == "adduser":
+        return run_adduser(args)
     if args.task != "finetune":  # this process and the Flow's, forked from it, run no model
         from crossmodal.model.guard import block_model_libraries
 

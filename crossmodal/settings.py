@@ -19,6 +19,10 @@ UI_DIR = ROOT / "ui"
 
 MODALITIES = ("text", "image")
 
+# Executors are reached only through the gateway, which checks tokens: they never listen
+# beyond loopback, whatever --host the gateway serves on.
+EXECUTOR_HOST = "127.0.0.1"
+
 # Jina's telemetry, survey and chatty logs stay off in every process that starts a Flow;
 # an explicit JINA_LOG_LEVEL is honoured.
 JINA_QUIET = {"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
@@ -89,6 +93,33 @@ class EncoderSettings:
 ENCODER = EncoderSettings()
 
 
+@dataclass(frozen=True)
+class AuthSettings:
+    """Users and tokens. A token is 32 random bytes, so no KDF cost makes guessing it
+    easier or harder; scrypt with a per-user salt keeps a leaked users table from
+    being reused, at ~12 ms a check here (n=2**14 costs ~50 ms, on every request)."""
+
+    token_bytes: int = 32
+    salt_bytes: int = 16
+    scrypt_n: int = 2**12
+    scrypt_r: int = 8
+    scrypt_p: int = 1
+    max_name_chars: int = 64
+    # the gateway remembers tokens it verified (by SHA-256, never the token) so that a
+    # client's next requests skip scrypt; a user removed from the table loses access
+    # within this time
+    cache_seconds: float = 60.0
+    cache_entries: int = 4096
+    # a refused gRPC stream is read up to this many requests before the refusal is sent, so
+    # that the client, still sending, gets UNAUTHENTICATED rather than a failed send
+    max_refused_messages: int = 64
+    # the request parameter the gateway sets to the authenticated user; clients' values are dropped
+    parameter: str = "__crossmodal_user__"
+
+
+AUTH = AuthSettings()
+
+
 @dataclass
 class ServiceConfig:
     """Everything a running service needs; the CLI's flags map one to one onto it."""
@@ -105,3 +136,4 @@ class ServiceConfig:
     data_roots: Sequence[str] = field(default_factory=tuple)
     # after Ctrl-C/SIGTERM the Flow closes gracefully for this long, then what is left is killed
     stop_grace_s: float = 8.0
+    auth: bool = False  # every endpoint needs a token (app.py turns it on off loopback)

@@ -37,10 +37,10 @@ def run_app(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 def http_post(port: int, endpoint: str, data: list, parameters: Optional[dict] = None,
-              timeout: float = 60) -> tuple[int, dict]:
+              timeout: float = 60, token: Optional[str] = None) -> tuple[int, dict]:
     body = json.dumps({"data": data, "parameters": parameters or {}}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{endpoint}", data=body,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{endpoint}", data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -52,14 +52,14 @@ class Server:
     """``python app.py -t query`` in a new session; ``kill`` mimics a crash of the whole service.
 
     ``command`` replaces the app.py call (e.g. another Flow); ``ready`` is the HTTP
-    endpoint polled until it answers 200.
+    endpoint polled until it answers 200 (with ``token``, for servers with authentication on).
     """
 
     def __init__(self, workspace: Path, grpc_port: int, http_port: int, *extra: str,
-                 command: Optional[list[str]] = None, ready: str = "/stats"):
+                 command: Optional[list[str]] = None, ready: str = "/stats", token: Optional[str] = None):
         self.command = command or [sys.executable, str(ROOT / "app.py"), "-t", "query", "--workspace",
                                    str(workspace), "--grpc-port", str(grpc_port), "--http-port", str(http_port), *extra]
-        self.grpc_port, self.http_port, self.ready = grpc_port, http_port, ready
+        self.grpc_port, self.http_port, self.ready, self.token = grpc_port, http_port, ready, token
         # app.py prints this once Flow.start() has returned: only then is Ctrl-C handled
         self.banner = None if command else "crossmodal is serving"
         self.proc: Optional[subprocess.Popen] = None
@@ -73,7 +73,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if (http_post(self.http_port, self.ready, [], timeout=5)[0] == 200
+                if (http_post(self.http_port, self.ready, [], timeout=5, token=self.token)[0] == 200
                         and (not self.banner or self.banner in self.log.read_text())):
                     return self
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):

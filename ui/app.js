@@ -59,7 +59,7 @@
     try {
       response = await fetch(API + endpoint, {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
+        headers: { 'Content-Type': 'application/json', ...window.crossmodalAuth?.headers() },
         body: JSON.stringify({ data, parameters }),
         signal: controller.signal,
       });

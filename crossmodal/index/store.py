@@ -344,3 +344,14 @@ class Store:
         draws = np.random.default_rng(seed).choice(top, size=min(top, 4 * n), replace=False) + 1
         found = self._by_vids("embedding", draws[: 4 * n])[:n]
         return np.vstack([np.frombuffer(r[0], dtype=np.float32) for r in found]) if found else np.zeros((0, 0), np.float32)
+
+    def owners(self, ids: Sequence[str]) -> dict[str, str]:
+        """Owner by caller id, for the stored ones among ``ids``."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):  # stay under SQLite's bound-variable limit
+                chunk = ids[start:start + 500]
+                out.update(self._db.execute(
+                    f"SELECT id, owner FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return out

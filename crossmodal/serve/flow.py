@@ -9,17 +9,20 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import signal
 import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from crossmodal.model.resolve import ModelSpec, embed_dim
-from crossmodal.settings import FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
+from crossmodal.index.users import KEY_ENV
+from crossmodal.settings import EXECUTOR_HOST, FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # resolving models imports torch: only where a Flow starts (adduser stays fast)
     from jina import Client
+
+    from crossmodal.model.resolve import ModelSpec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,12 +33,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
+    from crossmodal.model.resolve import embed_dim
+
     return {
         **JINA_QUIET,
         "CROSSMODAL_ROOT": str(ROOT),
         "CROSSMODAL_GRPC_PORT": str(cfg.grpc_port),
         "CROSSMODAL_HTTP_PORT": str(cfg.http_port),
         "CROSSMODAL_HOST": cfg.host,
+        "CROSSMODAL_EXECUTOR_HOST": EXECUTOR_HOST,
         "CROSSMODAL_WORKSPACE": str(Path(cfg.workspace).resolve()),
         "CROSSMODAL_MODEL": spec.name,
         "CROSSMODAL_PRETRAINED": spec.pretrained,
@@ -45,6 +51,8 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_PRECISION": cfg.precision,
         "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
+        "CROSSMODAL_AUTH": "1" if cfg.auth else "0",  # read by the gateway and the executors
+        KEY_ENV: secrets.token_hex(32),  # the gateway signs the acting user with it (api/identity.py)
     }
 
 
@@ -55,6 +63,7 @@ def preflight(cfg: ServiceConfig, spec: ModelSpec) -> None:
     Jina start-up failure deep in a child process into a one-line error.
     """
     from crossmodal.index.store import Store, WorkspaceLock
+    from crossmodal.model.resolve import embed_dim
 
     lock = WorkspaceLock(Path(cfg.workspace))
     lock.acquire()

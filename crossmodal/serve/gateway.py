@@ -9,8 +9,10 @@ The HTTP server also answers every request whole and refuses what it cannot serv
 before doing the work (issue 15): ``guard_requests`` checks body size, document count
 and client routing before anything is parsed into documents; ``answer_whole`` sends
 the documents through the Flow in chunks, one after the other, and answers once all
-are done, mapping client errors to 4xx and an unreachable executor to 503. Loaded by
-the Flow YAML through ``py_modules``; it imports only light parts of ``crossmodal``.
+are done, mapping client errors to 4xx and an unreachable executor to 503. HTTP and
+gRPC servers check tokens (``crossmodal.serve.auth``) before anything else. Loaded by
+the Flow YAML through ``py_modules``; it imports only light parts of ``crossmodal``
+(no torch).
 """
 import json
 import re
@@ -20,6 +22,7 @@ from pathlib import Path
 from jina.enums import ProtocolType
 from jina.parsers.helper import _get_gateway_class
 from jina.serve.runtimes.gateway.composite import CompositeGateway
+from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
@@ -27,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # py_modules loading does not put the repository on the path
     sys.path.insert(0, str(ROOT))
 
+from crossmodal.serve.auth import Authenticator, GRPCAuthInterceptor, add_http_auth  # noqa: E402
 from crossmodal.settings import LIMITS, Limits  # noqa: E402
 
 UI_DIR = ROOT / "ui"
@@ -278,18 +282,38 @@ class _Guard:
         await self.guarded(scope, receive, send)
 
 
+class AuthHTTPGateway(UIHTTPGateway):
+    """Checks tokens and sets the acting user (crossmodal/serve/auth.py)."""
+
+    @property
+    def app(self):
+        return add_http_auth(super().app, self._request_handler.streamer, Authenticator.from_env())
+
+
+class AuthGRPCGateway(GRPCGateway):
+    """Checks the ``authorization`` metadata and sets the acting user (crossmodal/serve/auth.py)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        interceptors = list(self.grpc_tracing_server_interceptors or [])
+        self.grpc_tracing_server_interceptors = [GRPCAuthInterceptor(Authenticator.from_env()), *interceptors]
+
+
+def server_class(protocol):
+    """The server for one protocol of the Flow: ours for HTTP and gRPC, Jina's otherwise."""
+    return {ProtocolType.HTTP: AuthHTTPGateway, ProtocolType.GRPC: AuthGRPCGateway}.get(
+        protocol) or _get_gateway_class(protocol)
+
+
 class CrossmodalGateway(CompositeGateway):
-    """One server per protocol of the Flow, as Jina's default gateway, with the UI on HTTP."""
+    """One server per protocol of the Flow, as Jina's default gateway, with the UI on HTTP
+    and token checks on HTTP and gRPC."""
 
     def __init__(self, **kwargs):
         # CompositeServer.__init__ only builds the servers, always with Jina's classes;
-        # build them here instead so that the HTTP one is UIHTTPGateway.
+        # build them here instead with ours (server_class).
         CompositeBaseServer.__init__(self, **kwargs)
-        self.servers = [
-            (UIHTTPGateway if args["runtime_args"]["protocol"] == ProtocolType.HTTP
-             else _get_gateway_class(args["runtime_args"]["protocol"]))(**args)
-            for args in self._server_kwargs
-        ]
+        self.servers = [server_class(args["runtime_args"]["protocol"])(**args) for args in self._server_kwargs]
         self.gateways = self.servers  # the name Jina's older code reads
         for server in self.servers:
             if not isinstance(server, UIHTTPGateway) and hasattr(server, "streamer"):

@@ -5,7 +5,7 @@ from pathlib import Path
 from docarray import DocList
 from jina import Executor, requests
 
-from crossmodal.api import convert
+from crossmodal.api import convert, identity
 from crossmodal.api.params import parse_recommend_params, parse_refine_params, parse_search_params
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error
@@ -24,15 +24,18 @@ class CrossmodalIndexer(Executor):
 
     def __init__(self, workspace_dir: str = "workspace", model_label: str = "", embed_dim: int = 0,
                  index_factory: str = INDEX.factory, ef_search: int = INDEX.ef_search,
-                 nprobe: int = INDEX.nprobe, ef_construction: int = INDEX.ef_construction, **kwargs):
+                 nprobe: int = INDEX.nprobe, ef_construction: int = INDEX.ef_construction, auth: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         if not model_label or int(embed_dim) < 1:
             raise ValueError(f"model_label and embed_dim are required, got {model_label!r}, {embed_dim!r}")
         self.index = ContentIndex(IndexConfig(Path(workspace_dir), model_label, int(embed_dim), index_factory,
                                               ef_search, nprobe, ef_construction=ef_construction))
+        self.auth = identity.flag(auth)
 
     @requests(on="/index")
     def index_docs(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        identity.check_index(docs, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
         ready = []
         for doc in docs:
             error = doc.error or content_error(doc, encoded=True) or embedding_error(doc.embedding, self.index.config.dim)
@@ -51,7 +54,7 @@ class CrossmodalIndexer(Executor):
 
     @requests(on="/search")
     def search(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
-        params = client_params(parse_search_params, parameters)
+        params = client_params(parse_search_params, identity.as_user(parameters, self.auth))
         ready = [d for d in docs if d.error is None and d.embedding is not None]
         found = {modality: self.index.search([d.embedding for d in ready], modality, params.k, params.username)
                  if modality in params.modalities else [[] for _ in ready] for modality in MODALITIES}
@@ -69,7 +72,7 @@ class CrossmodalIndexer(Executor):
     @requests(on="/refine")
     def refine(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
         """``/search`` again with the person's marks (see crossmodal/feedback)."""
-        params = client_params(parse_refine_params, parameters)
+        params = client_params(parse_refine_params, identity.as_user(parameters, self.auth))
         for doc in docs:
             if doc.error is None and doc.embedding is not None:
                 found, doc.feedback = refine(self.index, doc.embedding, params)
@@ -82,7 +85,7 @@ class CrossmodalIndexer(Executor):
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
-        params = client_params(parse_recommend_params, parameters)
+        params = client_params(parse_recommend_params, identity.as_user(parameters, self.auth))
         for doc in docs:
             seeds = convert.seeds(doc.seeds)
             picks = recommend(self.index, seeds, params) if seeds else {}
@@ -94,7 +97,8 @@ class CrossmodalIndexer(Executor):
 
     @requests(on="/delete")
     def delete(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        for doc, status in zip(docs, self.index.delete([d.id for d in docs])):
+        docs_allowed = identity.deletable(docs, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
+        for doc, status in zip(docs_allowed, self.index.delete([d.id for d in docs_allowed])):
             doc.status = status
         return docs
 

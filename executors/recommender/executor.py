@@ -9,7 +9,7 @@ from typing import Optional
 from docarray import DocList
 from jina import Executor, requests
 
-from crossmodal.api import convert
+from crossmodal.api import convert, identity
 from crossmodal.api.params import parse_recommend_params
 from crossmodal.api.schemas import ContentDoc, MatchGroup
 from crossmodal.api.validate import client_params
@@ -18,8 +18,9 @@ from crossmodal.recommend.plan import plan_user_seeds
 
 
 class CrossmodalRecommender(Executor):
-    def __init__(self, workspace_dir: str = "workspace", **kwargs):
+    def __init__(self, workspace_dir: str = "workspace", auth: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.auth = identity.flag(auth)
         self.store_dir = Path(workspace_dir)
         self._store: Optional[Store] = None
 
@@ -34,7 +35,7 @@ class CrossmodalRecommender(Executor):
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
-        params = client_params(parse_recommend_params, parameters)
+        params = client_params(parse_recommend_params, identity.as_user(parameters, self.auth))
         store = self._open()
         seeds = plan_user_seeds(store, params) if store else []
         docs = docs or DocList[ContentDoc]([ContentDoc(id="recommend")])

@@ -1,0 +1,128 @@
+"""Users and their API tokens, in the workspace's SQLite file (a table of their own).
+
+A token is shown once, when the user is created; only a salted scrypt hash of it is
+stored. Tokens look like ``cm_<id>.<secret>``: the public ``id`` finds the row, so a
+check costs one hash whatever the number of users, and the secret is compared with
+``hmac.compare_digest``. An unknown id is hashed against a dummy row all the same,
+so a wrong token takes as long as a right one and says nothing about who exists.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from crossmodal.index.store import DB_NAME
+from crossmodal.settings import AUTH, AuthSettings
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    admin INTEGER NOT NULL,
+    token_id TEXT NOT NULL UNIQUE,
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+KEY_ENV = "CROSSMODAL_AUTH_KEY"  # drawn by crossmodal/serve/flow.py at every start
+_TOKEN = re.compile(r"cm_([0-9a-f]{16})\.([A-Za-z0-9_-]{16,256})")
+_NAME = re.compile(r"[\w.@+-]+")
+
+
+class UserError(ValueError):
+    """A user cannot be created as asked."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    admin: bool = False
+
+
+def check_name(name: str, settings: AuthSettings = AUTH) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > settings.max_name_chars:
+        raise UserError(f"user name: letters, digits and . _ @ + - only, 1..{settings.max_name_chars} "
+                        f"characters, got {name!r}")
+    return name
+
+
+def signing_key() -> bytes:
+    """The key the gateway signs the acting user with, shared with the executors."""
+    return os.environ.get(KEY_ENV, "").encode()
+
+
+def signature(name: str, admin: bool, key: bytes) -> str:
+    return hmac.new(key, f"{name}\0{int(admin)}".encode(), hashlib.sha256).hexdigest()
+
+
+def _hash(secret: str, salt: bytes, settings: AuthSettings) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, n=settings.scrypt_n, r=settings.scrypt_r,
+                          p=settings.scrypt_p, dklen=32)
+
+
+class Users:
+    """The users table. Read-only for the gateway, which only verifies tokens."""
+
+    def __init__(self, workspace: Path, read_only: bool = False, settings: AuthSettings = AUTH):
+        self.path = Path(workspace) / DB_NAME
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._dummy_salt = secrets.token_bytes(settings.salt_bytes)
+        self._dummy_hash = _hash(secrets.token_urlsafe(settings.token_bytes), self._dummy_salt, settings)
+        if read_only:
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=10000")  # a serving indexer may be writing
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, name: str, admin: bool = False) -> str:
+        """Create a user; returns the token, which is not stored and cannot be shown again."""
+        check_name(name, self.settings)
+        token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(self.settings.token_bytes)
+        salt = secrets.token_bytes(self.settings.salt_bytes)
+        try:
+            with self._lock:
+                self._db.execute("INSERT INTO users VALUES (?,?,?,?,?,?)",
+                                 (name, int(admin), token_id, salt, _hash(secret, salt, self.settings), time.time()))
+        except sqlite3.IntegrityError:
+            raise UserError(f"user {name!r} already exists in {self.path}") from None
+        return f"cm_{token_id}.{secret}"
+
+    def _row(self, token_id: str) -> Optional[tuple]:
+        try:
+            with self._lock:
+                return self._db.execute("SELECT name, admin, salt, hash FROM users WHERE token_id=?",
+                                        (token_id,)).fetchone()
+        except sqlite3.OperationalError:  # no users table yet: nobody can sign in
+            return None
+
+    def verify(self, token: Optional[str]) -> Optional[User]:
+        """The token's user, or None; the same work is done whether or not it matches anyone."""
+        found = _TOKEN.fullmatch(token) if isinstance(token, str) else None
+        token_id, secret = found.groups() if found else ("", "")
+        row = self._row(token_id) if token_id else None
+        salt, expected = (row[2], row[3]) if row else (self._dummy_salt, self._dummy_hash)
+        matches = hmac.compare_digest(_hash(secret, salt, self.settings), expected)
+        return User(row[0], bool(row[1])) if row and matches else None
+
+    def count(self) -> int:
+        try:
+            with self._lock:
+                return self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
