@@ -106,6 +106,7 @@ def test_grpc_without_or_with_a_wrong_token_is_unauthenticated(service, endpoint
 
 
 def test_page_docs_and_health_stay_open(service):
+    import urllib.error
     import urllib.request
 
     for path in ("/ui/", "/openapi.json", "/"):
@@ -212,12 +213,15 @@ def test_clients_cannot_route_around_the_encoders(service, call):
 
     name, text = call.__name__, "routing test sentence"
     forged = {"id": f"{name}-routed", "owner": "alice", "modality": "text", "text": text, "embedding": [1.0] * 32}
-    if call is http:
+    if call is http:  # refused outright over HTTP (issue 15), then sent as a plain request
         body = json.dumps({"data": [forged], "header": {"targetExecutor": "indexer"}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{service['http']}/index", body, {
             "Content-Type": "application/json", "Authorization": f"Bearer {service['tokens']['root']}"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            assert json.loads(response.read())["data"][0]["status"] == "indexed"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 400 and "target_executor" in json.loads(refused.value.read())["detail"]
+        _, sent = http(service, "/index", [forged], "root")
+        assert sent["data"][0]["status"] == "indexed"
     else:
         doc = ContentDoc(**{**forged, "embedding": np.ones(32, np.float32)})
         [out] = service["grpc"].post("/index", DocList[ContentDoc]([doc]), target_executor="indexer",

@@ -18,6 +18,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 from jina.enums import ProtocolType
 from jina.parsers.helper import _get_gateway_class
@@ -139,15 +140,35 @@ def _client_error(status):
     return Refused(422, message, **({"field": found.group(1)} if found else {}))
 
 
+def _carry_error(doc) -> Optional[str]:
+    """Why a document cannot be serialised for the executors (numbers beyond protobuf's
+    range in ``tags``, ...), naming the field where it can, or None."""
+    try:
+        doc.to_protobuf()
+        return None
+    except (ValueError, TypeError, OverflowError) as err:
+        reason = str(err)[:200]
+    if doc.tags:
+        try:
+            doc.copy(update={"tags": None}).to_protobuf()
+            return f"tags: cannot be carried ({reason})"
+        except (ValueError, TypeError, OverflowError):
+            pass
+    return f"document: cannot be carried ({reason})"
+
+
 def _document_errors(docs, doc_type) -> dict:
     """Position -> error document for documents that could not even travel to an executor
-    (invalid Unicode, NUL, tags too deep for protobuf); their siblings go on."""
+    (invalid Unicode, NUL, tags too deep or numbers too large for protobuf); their siblings
+    go on. Embeddings a client sent are dropped first: only the encoders make embeddings."""
     from crossmodal.api.convert import _sendable
     from crossmodal.api.validate import strings_error
 
     errors = {}
     for i, doc in enumerate(docs):
-        error = strings_error(doc)
+        if getattr(doc, "embedding", None) is not None:
+            doc.embedding = None
+        error = strings_error(doc) or _carry_error(doc)
         if error:
             errors[i] = doc_type(id=_sendable(doc.id), status="error", error=error)
     return errors
