@@ -80,3 +80,28 @@ class ServiceConfig:
     device: str = "auto"
     index_factory: str = INDEX.factory
     data_roots: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Held-out evaluation: the short-query set has its own seed (training used seed 1's scenes)."""
+
+    short_queries: int = 200
+    short_query_seed: int = 2000
+
+
+EVAL = EvalSettings()
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Per-model thresholds: these defaults serve models that were never calibrated.
+    Calibration renders its own held-out scenes (seed 3000, never trained or evaluated on)."""
+
+    novelty_threshold: float = 0.95
+    seed: int = 3000
+    images: int = 600
+    texts: int = 600
+
+
+CALIBRATION = CalibrationSettings()
