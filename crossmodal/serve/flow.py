@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
+from crossmodal.model.calibration import load_calibration
 from crossmodal.model.resolve import ModelSpec, embed_dim
 from crossmodal.settings import FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
@@ -44,6 +45,7 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_DEVICE": cfg.device,
         "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
+        "CROSSMODAL_CALIBRATION": load_calibration(spec.checkpoint).to_json(),
     }
 
 
