@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lock-image", action="store_true",
                    help="finetune: keep the image tower fixed and train the text tower only (LiT)")
+    p.add_argument("--describe", type=int, default=0,
+                   help="finetune (generated data, --lock-image): N short descriptions of each image's scene")
     p.add_argument("--out", type=Path, help="finetune: output folder; eval: JSON report path")
     p.add_argument("--relevance", choices=["caption", "pair"], default="caption",
                    help="eval: relevant = same caption text (generated data) or the image's own captions (Flickr)")
@@ -132,6 +134,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         captions_csv=args.data / "captions.csv", images_dir=args.data / "images",
         model=args.model or "demo-clip", pretrained=args.pretrained, out=args.out,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, lock_image=args.lock_image,
+        describe=args.describe,
     )
     print(f"checkpoint written to {checkpoint}")
     return 0

@@ -97,10 +97,12 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     scenes = sample_specs(n_images, seed)
     images = [render(s, rng) for s in tqdm(scenes, desc="render", unit="img")]
     copies = [altered_image(im, rng) for im in images]
+    redrawn = [render(s, rng) for s in scenes]  # the same scene drawn anew: someone else's post
     descriptions = [describe(rng.choice(scenes), rng) for _ in range(n_texts)]
     texts = [d.text for d in descriptions]
     image_tower = load_image_tower(spec, device)
     img, img_copy = encode_images(image_tower, images), encode_images(image_tower, copies)
+    img_redrawn = encode_images(image_tower, redrawn)
     del image_tower
     text_tower = load_text_tower(spec, device)
     txt = encode_texts(text_tower, texts)
@@ -108,10 +110,10 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     image_copies, text_copies = (img * img_copy).sum(1), (txt * txt_copy).sum(1)
     copy_sims = np.concatenate([image_copies, text_copies])
     same_text = np.array([[a == b for b in texts] for a in texts])
-    txt_sims = txt @ txt.T
-    np.fill_diagonal(txt_sims, -np.inf)
-    txt_nearest = np.where(same_text, -np.inf, txt_sims).max(axis=1)  # repeated texts are the same item
-    distinct = np.concatenate([_nearest_other(img), txt_nearest])
+    same_meaning = np.array([[a.attributes == b.attributes for b in descriptions] for a in descriptions])
+    txt_nearest = np.where(same_meaning, -np.inf, txt @ txt.T).max(axis=1)  # "a red dot" is "red circle" again
+    img_nearest = np.maximum(_nearest_other(img), (img * img_redrawn).sum(1))
+    distinct = np.concatenate([img_nearest, txt_nearest])
     match_ti = np.array([[d.matches(s) for s in scenes] for d in descriptions])
     match_ii = np.array([[a == b for b in scenes] for a in scenes])
     match_tt = np.array([[set(a.attributes.items()) == set(b.attributes.items()) for b in descriptions]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from crossmodal.inputs.captions import read_captions
 from crossmodal.model.resolve import RANDOM_INIT, config_name, register_local_configs, resolve
 from crossmodal.model.towers import create_model, pick_device
+from crossmodal.train.described import DescribedPairs, described_loss
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,15 @@ def _train_epoch(clip: torch.nn.Module, loader: DataLoader, optimizer: torch.opt
                  scheduler: torch.optim.lr_scheduler.LRScheduler, device: str, bar: tqdm) -> float:
     loss_fn = open_clip.ClipLoss()
     losses = []
-    for images, texts in loader:
-        image_features = (images.to(device) if images.ndim == 2  # features from a locked image tower
-                          else clip.encode_image(images.to(device), normalize=True))
-        text_features = clip.encode_text(texts.to(device), normalize=True)
-        loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
+    for batch in loader:
+        if len(batch) == 4:  # DescribedPairs: the batch knows every matching pair
+            loss = described_loss(batch, clip, device)
+        else:
+            images, texts = batch
+            image_features = (images.to(device) if images.ndim == 2  # features from a locked image tower
+                              else clip.encode_image(images.to(device), normalize=True))
+            text_features = clip.encode_text(texts.to(device), normalize=True)
+            loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,7 +146,7 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
              epochs: int, batch_size: int, lr: float, seed: int, weight_decay: float = 0.1,
              warmup_fraction: float = 0.05, name: Optional[str] = None, device: str = "auto",
              on_epoch: Optional[Callable[[int, float], None]] = None, lock_image: bool = False,
-             calibrate: bool = True) -> Path:
+             calibrate: bool = True, describe: int = 0) -> Path:
     """Train ``model`` contrastively on the captions and return the checkpoint path.
 
     ``pretrained`` None (or "none") trains from seeded random weights; a tag or a
@@ -150,7 +155,12 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
     ``lock_image`` trains the text tower only (LiT): teaching a trained model new ways
     of saying what its images already separate, at a fraction of the cost.
     ``calibrate`` records the model's thresholds beside it (``crossmodal.train.calibrate``).
+    ``describe`` > 0 (generated captions, locked image tower) trains on each caption plus
+    that many short descriptions of its scene, with a loss that knows which pairs match
+    (``crossmodal.train.described``).
     """
+    if describe < 0 or (describe and not lock_image):
+        raise ValueError(f"describe: needs lock_image and must be >= 0, got {describe} (lock_image={lock_image})")
     for field, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{field}: must be >= 1, got {value}")
@@ -166,6 +176,11 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
                         open_clip.get_tokenizer(config))
     if lock_image:
         data = _lock_image_tower(clip, data, device, batch_size)
+    if describe:
+        first = {}
+        for path, caption in read_captions(Path(captions_csv), Path(images_dir)):
+            first.setdefault(path, caption)
+        data = DescribedPairs(data.features, list(first.values()), open_clip.get_tokenizer(config), describe, seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
                         drop_last=len(data) > batch_size, generator=torch.Generator().manual_seed(seed))
     total = epochs * len(loader)
