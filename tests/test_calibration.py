@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from crossmodal.api.params import parse_recommend_params
 from crossmodal.model.calibration import Calibration, calibration_path, load_calibration
 from crossmodal.settings import CALIBRATION
-from crossmodal.train.calibrate import altered_image, equal_error_threshold, novelty_threshold
+from crossmodal.train.calibrate import altered_image, equal_error_threshold, novelty_threshold, off_topic_texts
 from tests.harness import Server, data_uri, free_port, http_post
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -29,6 +29,14 @@ def test_novelty_threshold_lies_between_copies_and_distinct_items():
     assert 0.97 < novelty_threshold(copies, distinct) < 0.99
     # overlapping: distinct items stay novel (losing an interest is worse than a near-copy)
     assert novelty_threshold(np.linspace(0.9, 1.0, 100), distinct) > np.quantile(distinct, 0.99)
+
+
+def test_off_topic_texts_never_use_the_worlds_words():
+    vocabulary = ["circle</w>", "elephant</w>", "bicycle</w>", "ele", "x</w>"]
+    texts = off_topic_texts(40, random.Random(0), vocabulary, {"circle"})
+    words = {w for t in texts for w in t.split()}
+    assert "circle" not in words and {"elephant", "bicycle"} <= words
+    assert texts == off_topic_texts(40, random.Random(0), vocabulary, {"circle"})
 
 
 def test_altered_copy_is_close_but_not_identical():

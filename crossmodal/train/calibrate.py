@@ -12,6 +12,9 @@
   non-matches rise above it, so it does not depend on how rare matches are.
   Half of the matches score above the "close" threshold (their median): the page
   says "close match" there and "likely match" between the two.
+* Off-topic queries (random words from the tokenizer's vocabulary, letter salad;
+  noise images) match nothing in this world. The relevance threshold is raised, if
+  need be, above the best result of 99% of them, so "asdfghjkl" gets "no close match".
 
 ``python -m crossmodal.train.calibrate --model demo-clip`` writes
 ``<checkpoint>.calibration.json``; ``finetune`` runs it after training.
@@ -49,6 +52,19 @@ def altered_image(image: Image.Image, rng: random.Random) -> Image.Image:
 def altered_text(text: str, rng: random.Random) -> str:
     variants = (text.capitalize(), text.upper(), f"  {text}.", text.replace(" ", "  "))
     return rng.choice(variants)
+
+
+def off_topic_texts(n: int, rng: random.Random, vocabulary: Sequence[str], known: set[str]) -> list[str]:
+    """Random words of the tokenizer's vocabulary that the generated world never uses, and letter salad."""
+    words = sorted(w[:-4] for w in vocabulary if w.endswith("</w>") and len(w) > 6
+                   and w[:-4].isascii() and w[:-4].isalpha() and w[:-4] not in known)
+    salad = lambda: "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 10)))  # noqa: E731
+    return [" ".join(rng.choice(words) if i % 2 else salad() for _ in range(rng.randint(1, 4))) for i in range(n)]
+
+
+def noise_image(rng: random.Random, side: int = 96) -> Image.Image:
+    pixels = np.random.default_rng(rng.randrange(2**32)).integers(0, 256, size=(side // 8, side // 8, 3))
+    return Image.fromarray(pixels.astype(np.uint8)).resize((side, side), Image.NEAREST)
 
 
 def equal_error_threshold(matching: np.ndarray, other: np.ndarray) -> float:
@@ -103,10 +119,13 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     image_tower = load_image_tower(spec, device)
     img, img_copy = encode_images(image_tower, images), encode_images(image_tower, copies)
     img_redrawn = encode_images(image_tower, redrawn)
+    img_noise = encode_images(image_tower, [noise_image(rng) for _ in range(n_images // 4)])
     del image_tower
     text_tower = load_text_tower(spec, device)
     txt = encode_texts(text_tower, texts)
     txt_copy = encode_texts(text_tower, [altered_text(t, rng) for t in texts])
+    known = {w for d in descriptions for w in d.text.split()} | {w for s in scenes for w in s.caption().split()}
+    txt_off = encode_texts(text_tower, off_topic_texts(n_texts // 4, rng, list(text_tower.transform.encoder), known))
     image_copies, text_copies = (img * img_copy).sum(1), (txt * txt_copy).sum(1)
     copy_sims = np.concatenate([image_copies, text_copies])
     same_text = np.array([[a == b for b in texts] for a in texts])
@@ -122,7 +141,10 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
              "image-image": _pairs(img @ img.T, match_ii, True),
              "text-text": _pairs(txt @ txt.T, match_tt & ~same_text, True)}
     pairs = {k: (m, o) for k, (m, o) in pairs.items() if len(m) and len(o)}
-    relevance = {k: round(equal_error_threshold(m, o), 4) for k, (m, o) in pairs.items()}
+    off_topic = {"text-image": (txt_off @ img.T).max(1), "image-image": (img_noise @ img.T).max(1),
+                 "text-text": (txt_off @ txt.T).max(1)}
+    relevance = {k: round(max(equal_error_threshold(m, o), float(np.quantile(off_topic[k], 0.99))), 4)
+                 for k, (m, o) in pairs.items()}
     close = {k: round(max(float(np.median(m)), relevance[k]), 4) for k, (m, _) in pairs.items()}
     calibration = Calibration(round(novelty_threshold(copy_sims, distinct), 4), relevance, close, True)
     report = {"model": spec.label, "seed": seed, "images": n_images, "texts": n_texts,
@@ -130,7 +152,11 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
               "nearest distinct image": _summary(distinct[:len(img)]),
               "nearest distinct text": _summary(distinct[len(img):]),
               **{f"{k} matching": _summary(m) for k, (m, _) in pairs.items()},
-              **{f"{k} non-matching": _summary(o) for k, (_, o) in pairs.items()}}
+              **{f"{k} non-matching": _summary(o) for k, (_, o) in pairs.items()},
+              **{f"{k} off-topic best": _summary(v) for k, v in off_topic.items()},
+              **{f"{k} equal-error": round(equal_error_threshold(m, o), 4) for k, (m, o) in pairs.items()},
+              "altered copies caught": round(float((copy_sims >= calibration.novelty_threshold).mean()), 3),
+              "distinct items dropped": round(float((distinct >= calibration.novelty_threshold).mean()), 3)}
     return calibration, report
 
 
