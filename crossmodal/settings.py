@@ -105,3 +105,11 @@ class CalibrationSettings:
 
 
 CALIBRATION = CalibrationSettings()
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    off_topic_share: float = 0.25  # --describe: off-topic texts (matching nothing) per image
+
+
+TRAIN = TrainSettings()

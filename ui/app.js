@@ -737,7 +737,10 @@
       $('query-image').hidden = true;
       $('q').focus();
     });
-    $('cutoff').addEventListener('input', () => { state.manualCutoff = true; applyCutoff(); });
+    const manual = () => { state.manualCutoff = true; applyCutoff(); }; // Home on the slider shows all
+    $('cutoff').addEventListener('input', manual);
+    $('cutoff').addEventListener('keydown', (e) => { if (['Home', 'End'].includes(e.key)) setTimeout(manual); });
+    $('cutoff').addEventListener('pointerdown', manual);
     $('post-form').addEventListener('submit', submitPost);
     for (const radio of document.querySelectorAll('input[name="kind"]')) {
       radio.addEventListener('change', () => { $('post-status').replaceChildren(); showPostKind(); });

@@ -5,7 +5,9 @@ for unique captions and wrong for "something red", which a sixth of the batch
 matches: the model would be taught to push matching red things away. Here each text
 carries the attributes it names and each image its scene, so a batch knows every
 matching pair, and the loss asks for probability mass on any of them (multi-positive
-contrastive loss, as in supervised contrastive learning).
+contrastive loss, as in supervised contrastive learning). Off-topic texts (random
+vocabulary words, letter salad) match no image: they are only ever negatives, so that
+"asdfghjkl" does not score like a description.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from crossmodal.train.datagen import SceneSpec
 from crossmodal.train.describe import ATTRIBUTES, Description, describe, parse_caption
 
 UNCONSTRAINED = -1
+NOTHING = -2  # an attribute value no scene has: the text matches no image
 
 
 def _values() -> dict[str, list[str]]:
@@ -58,12 +61,22 @@ def described_rows(captions: list[str], per_image: int, seed: int) -> tuple[list
 
 
 class DescribedPairs(Dataset):
-    """(image features, text tokens, text attribute codes, image scene codes) per row."""
+    """(image features or pixels, text tokens, text attribute codes, image scene codes) per row."""
 
-    def __init__(self, features: torch.Tensor, captions: list[str], tokenizer: Callable, per_image: int, seed: int):
+    def __init__(self, features: torch.Tensor, captions: list[str], tokenizer: Callable, per_image: int, seed: int,
+                 off_topic: float = 0.0):
         if len(features) != len(captions):
             raise ValueError(f"features: {len(features)} rows for {len(captions)} captions")
         owners, texts, codes = described_rows(captions, per_image, seed)
+        if off_topic > 0:
+            from crossmodal.train.calibrate import off_topic_texts
+
+            rng = random.Random(f"off-topic-{seed}")
+            known = {w for t in texts for w in t.replace(",", " ").split()}
+            extra = off_topic_texts(int(off_topic * len(captions)), rng, list(tokenizer.encoder), known)
+            owners += [rng.randrange(len(captions)) for _ in extra]
+            texts += extra
+            codes += [[NOTHING] * len(ATTRIBUTES) for _ in extra]
         self.features = features
         self.owners = torch.tensor(owners)
         self.tokens = tokenizer(texts)
@@ -97,8 +110,9 @@ def multi_positive_loss(image_features: torch.Tensor, text_features: torch.Tenso
 
 
 def described_loss(batch, clip: torch.nn.Module, device: str) -> torch.Tensor:
-    """The loss of one ``DescribedPairs`` batch (the image tower is locked: features given)."""
-    features, tokens, text_codes, codes = (x.to(device) for x in batch)
+    """The loss of one ``DescribedPairs`` batch: image features (locked tower) or pixels."""
+    images, tokens, text_codes, codes = (x.to(device) for x in batch)
+    image_features = (F.normalize(images, dim=-1) if images.ndim == 2  # a locked tower's features
+                      else clip.encode_image(images, normalize=True))  # pixels: the image tower trains too
     text_features = clip.encode_text(tokens, normalize=True)
-    return multi_positive_loss(F.normalize(features, dim=-1), text_features, clip.logit_scale.exp(),
-                               matches(text_codes, codes))
+    return multi_positive_loss(image_features, text_features, clip.logit_scale.exp(), matches(text_codes, codes))

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from crossmodal.inputs.captions import read_captions
 from crossmodal.model.resolve import RANDOM_INIT, config_name, register_local_configs, resolve
 from crossmodal.model.towers import create_model, pick_device
+from crossmodal.settings import TRAIN
 from crossmodal.train.described import DescribedPairs, described_loss
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,16 @@ def _lock_image_tower(clip: torch.nn.Module, pairs: CaptionPairs, device: str, b
     return LockedImagePairs(pairs, torch.cat(features), [where[p] for p in pairs.paths])
 
 
+def _pixels(paths: list[Path], preprocess: Callable) -> torch.Tensor:
+    """Every image preprocessed once: small generated images fit in memory, and a step
+    then spends its time in the model rather than in PNG decoding."""
+    out = []
+    for path in tqdm(paths, desc="preprocess", unit="img"):
+        with Image.open(path) as image:
+            out.append(preprocess(image.convert("RGB")))
+    return torch.stack(out)
+
+
 def save_checkpoint(model: torch.nn.Module, config: dict, name: str, out: Path) -> Path:
     """Write ``<name>.json`` (open_clip config) and ``<name>.pt`` (float16 state dict)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -155,12 +166,12 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
     ``lock_image`` trains the text tower only (LiT): teaching a trained model new ways
     of saying what its images already separate, at a fraction of the cost.
     ``calibrate`` records the model's thresholds beside it (``crossmodal.train.calibrate``).
-    ``describe`` > 0 (generated captions, locked image tower) trains on each caption plus
+    ``describe`` > 0 (generated captions) trains on each caption plus
     that many short descriptions of its scene, with a loss that knows which pairs match
     (``crossmodal.train.described``).
     """
-    if describe < 0 or (describe and not lock_image):
-        raise ValueError(f"describe: needs lock_image and must be >= 0, got {describe} (lock_image={lock_image})")
+    if describe < 0:
+        raise ValueError(f"describe: must be >= 0, got {describe}")
     for field, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{field}: must be >= 1, got {value}")
@@ -180,7 +191,9 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
         first = {}
         for path, caption in read_captions(Path(captions_csv), Path(images_dir)):
             first.setdefault(path, caption)
-        data = DescribedPairs(data.features, list(first.values()), open_clip.get_tokenizer(config), describe, seed)
+        images = data.features if lock_image else _pixels(list(first), preprocess)
+        data = DescribedPairs(images, list(first.values()), open_clip.get_tokenizer(config), describe, seed,
+                              off_topic=TRAIN.off_topic_share)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
                         drop_last=len(data) > batch_size, generator=torch.Generator().manual_seed(seed))
     total = epochs * len(loader)
