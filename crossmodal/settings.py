@@ -99,6 +99,7 @@ class CalibrationSettings:
     Calibration renders its own held-out scenes (seed 3000, never trained or evaluated on)."""
 
     novelty_threshold: float = 0.95
+    off_topic_quantile: float = 0.9  # relevance lines sit above the best result of this share of off-topic queries
     seed: int = 3000
     images: int = 600
     texts: int = 600

@@ -119,6 +119,11 @@ def test_two_interest_user_gets_both_interests_with_the_demo_model(tmp_path):
         assert status == 200, body
         picked = [m["id"] for m in body["data"][0]["from_image"]["image_matches"]]
         assert any("-circle-220-" in p for p in picked) and any("-square-35-" in p for p in picked), picked
+        # the old fixed default, 0.95, took every other red circle or blue square for a copy
+        status, body = http_post(server.http_port, "/recommend", [{}],
+                                 {"username": "me", "k": 10, "novelty_threshold": 0.95})
+        old = [m["id"] for m in body["data"][0]["from_image"]["image_matches"]]
+        assert not (any("-circle-220-" in p for p in old) and any("-square-35-" in p for p in old)), old
         # the request still overrides the model: at 0.5 everything like a post of theirs is "seen"
         status, body = http_post(server.http_port, "/recommend", [{}],
                                  {"username": "me", "k": 10, "novelty_threshold": 0.5})

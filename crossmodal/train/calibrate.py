@@ -14,7 +14,8 @@
   says "close match" there and "likely match" between the two.
 * Off-topic queries (random words from the tokenizer's vocabulary, letter salad;
   noise images) match nothing in this world. The relevance threshold is raised, if
-  need be, above the best result of 99% of them, so "asdfghjkl" gets "no close match".
+  need be, above the best result of most of them (``CALIBRATION.off_topic_quantile``), so
+  that nonsense mostly gets "no close match".
 
 ``python -m crossmodal.train.calibrate --model demo-clip`` writes
 ``<checkpoint>.calibration.json``; ``finetune`` runs it after training.
@@ -97,7 +98,8 @@ def _pairs(sims: np.ndarray, match: np.ndarray, skip_diagonal: bool) -> tuple[np
 
 
 def _summary(values: np.ndarray) -> dict:
-    return {q: round(float(np.quantile(values, p)), 4) for q, p in (("p01", 0.01), ("p50", 0.5), ("p99", 0.99))}
+    return {q: round(float(np.quantile(values, p)), 4)
+            for q, p in (("p01", 0.01), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
 
 
 def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRATION.seed,
@@ -143,7 +145,8 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     pairs = {k: (m, o) for k, (m, o) in pairs.items() if len(m) and len(o)}
     off_topic = {"text-image": (txt_off @ img.T).max(1), "image-image": (img_noise @ img.T).max(1),
                  "text-text": (txt_off @ txt.T).max(1)}
-    relevance = {k: round(max(equal_error_threshold(m, o), float(np.quantile(off_topic[k], 0.99))), 4)
+    quantile = CALIBRATION.off_topic_quantile
+    relevance = {k: round(max(equal_error_threshold(m, o), float(np.quantile(off_topic[k], quantile))), 4)
                  for k, (m, o) in pairs.items()}
     close = {k: round(max(float(np.median(m)), relevance[k]), 4) for k, (m, _) in pairs.items()}
     calibration = Calibration(round(novelty_threshold(copy_sims, distinct), 4), relevance, close, True)
