@@ -443,8 +443,12 @@ def test_interests_are_numbered_in_order_and_worded_right(page, service):
     wait_results(page, "/recommend", lambda: page.click("a[href='#foryou']"))
     titles = page.locator("#foryou-results .interest h2").all_inner_texts()
     assert titles
-    numbered = [t for t in titles if "interest" in t]
-    assert numbered == [f"Your {t.split()[1]} interest {i}" for i, t in enumerate(numbered, start=1)], titles
+    for kind in ("text", "image"):
+        numbered = [t for t in titles if t.startswith(f"Your {kind} interest")]
+        assert numbered == [f"Your {kind} interest {i}" for i in range(1, len(numbered) + 1)], titles
+    assert any("interest" in t for t in titles), titles
+    words = page.locator("#foryou-results .words").all_inner_texts()  # scores in words here too
+    assert words and set(words) <= {"close match", "likely match", "weak match"}
     expect(page.locator("#foryou-results")).not_to_contain_text("a image")
     expect(page.locator("#foryou-results")).not_to_contain_text("#")
 

@@ -633,8 +633,8 @@
     return [...groups.values()];
   }
 
-  /** One interest; `ordinal` numbers the interests 1, 2, 3 in the order shown (HDBSCAN's
-   * labels are arbitrary and skip numbers). */
+  /** One interest; `ordinal` numbers the interests of a kind 1, 2, 3 in the order shown
+   * (HDBSCAN's labels are arbitrary and skip numbers). */
   function seedCard(group, ordinal) {
     const [modality, kind, clusterText] = group.seed.split(':');
     const cluster = Number(clusterText);
@@ -643,7 +643,7 @@
       h('header', { class: 'interest-head' },
         h('span', { class: 'badge' }, kind === 'medoid' ? String(ordinal) : kind === 'serendipity' ? '✦' : '↺'),
         h('div', {}, h('h2', {}, title), h('p', { class: 'muted small' }, subtitle))),
-      matchSections(group, null, 'h3'));
+      matchSections(group, null, 'h3', modality));
     card.style.setProperty('--hue', String(kind === 'medoid' ? (cluster * 67 + (modality === 'image' ? 200 : 250)) % 360 : 35));
     return card;
   }
@@ -664,8 +664,9 @@
         const reason = doc?.reason ? `${doc.reason[0].toUpperCase()}${doc.reason.slice(1)}.` : 'Nothing from other people is close to your posts yet.';
         results.replaceChildren(notice('empty', 'No suggestions yet', `${reason} Post a few texts or images, then come back.`));
       } else {
-        let ordinal = 0;
-        results.replaceChildren(...groups.map((g) => seedCard(g, g.seed.includes(':medoid:') ? ++ordinal : 0)));
+        const ordinals = {}; // interests are numbered 1, 2, 3 within each kind of post
+        const next = (seed) => { const m = seed.split(':')[0]; ordinals[m] = (ordinals[m] || 0) + 1; return ordinals[m]; };
+        results.replaceChildren(...groups.map((g) => seedCard(g, g.seed.includes(':medoid:') ? next(g.seed) : 0)));
       }
     } catch (err) {
       results.replaceChildren(errorNotice(err, recommend));

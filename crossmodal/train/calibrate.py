@@ -10,8 +10,9 @@
   the same scene; text-text: descriptions naming the same attributes). The
   threshold is the equal-error point, where as many matches fall below it as
   non-matches rise above it, so it does not depend on how rare matches are.
-  Half of the matches score above the "close" threshold (their median): the page
-  says "close match" there and "likely match" between the two.
+  The "close" threshold is the median match, or halfway from the relevance line to the
+  90th percentile of matches if that is higher: the page says "close match" above it
+  and "likely match" between the two.
 * Off-topic queries (random words from the tokenizer's vocabulary, letter salad;
   noise images) match nothing in this world. The relevance threshold is raised, if
   need be, above the best result of most of them (``CALIBRATION.off_topic_quantile``), so
@@ -148,7 +149,9 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     quantile = CALIBRATION.off_topic_quantile
     relevance = {k: round(max(equal_error_threshold(m, o), float(np.quantile(off_topic[k], quantile))), 4)
                  for k, (m, o) in pairs.items()}
-    close = {k: round(max(float(np.median(m)), relevance[k]), 4) for k, (m, _) in pairs.items()}
+    # "close": the median match, and at least halfway from the relevance line to the 90th percentile
+    close = {k: round(max(float(np.median(m)), (relevance[k] + float(np.quantile(m, 0.9))) / 2), 4)
+             for k, (m, _) in pairs.items()}
     calibration = Calibration(round(novelty_threshold(copy_sims, distinct), 4), relevance, close, True)
     report = {"model": spec.label, "seed": seed, "images": n_images, "texts": n_texts,
               "altered image copy": _summary(image_copies), "altered text copy": _summary(text_copies),
