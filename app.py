@@ -1,6 +1,7 @@
 """crossmodal command line: index content, serve the Flow, fine-tune CLIP, evaluate retrieval.
 
     python app.py -t index --data data/demo          # index a folder / caption CSV / text file
+    python app.py -t index                           # index the shipped demo data (data/demo)
     python app.py -t query                           # serve gRPC + HTTP until Ctrl-C
     python app.py -t finetune --data DIR --out DIR   # contrastive fine-tuning (open_clip loss)
     python app.py -t eval --data DIR                 # Precision/Recall/nDCG@K through the Flow
@@ -29,6 +30,7 @@ warnings.filterwarnings("ignore", message=r"(?s).*shadows one of built-in Python
 from crossmodal.serve.flow import free_port  # noqa: E402
 
 DEFAULTS = ServiceConfig()
+DEMO_DATA = Path(__file__).resolve().parent / "data" / "demo"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     auth.add_argument("--auth", action="store_true", default=None,
                       help="every endpoint needs a token (default: on unless --host is a loopback address)")
     auth.add_argument("--no-auth", action="store_false", dest="auth", help="no tokens even off loopback (unsafe)")
-    p.add_argument("--data", type=Path, help="folder, caption table (image,caption[,owner]) or text file")
+    p.add_argument("--data", type=Path,
+                   help="folder, caption table (image,caption[,owner]) or text file (index: default data/demo)")
     p.add_argument("--workspace", type=Path, default=DEFAULTS.workspace)
     p.add_argument("--model", help="open_clip model name or config .json (default ViT-B-32, else the demo model)")
     p.add_argument("--pretrained", help="pretrained tag, checkpoint path, or 'none' for random weights")
@@ -59,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lock-image", action="store_true",
+                   help="finetune: keep the image tower fixed and train the text tower only (LiT)")
+    p.add_argument("--describe", type=int, default=0,
+                   help="finetune (generated data, --lock-image): N short descriptions of each image's scene")
     p.add_argument("--out", type=Path, help="finetune: output folder; eval: JSON report path")
     p.add_argument("--feedback", type=int, metavar="ROUNDS",
                    help="eval: simulate ROUNDS of relevance feedback (/refine) per query instead")
@@ -141,7 +148,8 @@ def run_index(args: argparse.Namespace) -> int:
     from crossmodal.serve.flow import running_flow
 
     if args.data is None:
-        sys.exit("-t index needs --data PATH")
+        args.data = DEMO_DATA
+        print(f"no --data given: indexing the shipped demo data in {DEMO_DATA}", flush=True)
     sources = discover(args.data, args.owner)
     counts, failures = Counter(), []
     with running_flow(service_config(args)) as client, tqdm(total=len(sources), unit="doc", desc="indexing") as bar:
@@ -200,7 +208,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     checkpoint = finetune(
         captions_csv=args.data / "captions.csv", images_dir=args.data / "images",
         model=args.model or "demo-clip", pretrained=args.pretrained, out=args.out,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, lock_image=args.lock_image,
+        describe=args.describe,
     )
     print(f"checkpoint written to {checkpoint}")
     return 0

@@ -137,3 +137,37 @@ class ServiceConfig:
     # after Ctrl-C/SIGTERM the Flow closes gracefully for this long, then what is left is killed
     stop_grace_s: float = 8.0
     auth: bool = False  # every endpoint needs a token (app.py turns it on off loopback)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Held-out evaluation: the short-query set has its own seed (training used seed 1's scenes)."""
+
+    short_queries: int = 200
+    short_query_seed: int = 2000
+
+
+EVAL = EvalSettings()
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Per-model thresholds: these defaults serve models that were never calibrated.
+    Calibration renders its own held-out scenes (seed 3000, never trained or evaluated on)."""
+
+    novelty_threshold: float = 0.95
+    off_topic_quantile: float = 0.9  # relevance lines sit above the best result of this share of off-topic queries
+    seed: int = 3000
+    images: int = 600
+    texts: int = 600
+
+
+CALIBRATION = CalibrationSettings()
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    off_topic_share: float = 0.25  # --describe: off-topic texts (matching nothing) per image
+
+
+TRAIN = TrainSettings()

@@ -48,3 +48,41 @@ def test_captions_retrieve_their_own_images_on_unseen_data(demo, tmp_path):
     # image -> caption: the best-scoring of the 6 captions is the image's own for most images
     accuracy = np.mean(np.array(queries)[np.argmax(images @ texts.T, axis=1)] == captions)
     assert accuracy >= 0.8
+
+
+def _colour_shape_precision(demo, tmp_path) -> dict:
+    """Issue 13's check: "a <colour> <shape>" over unseen scenes, P@5 on both attributes.
+
+    The queries are a fixed test list; the model was trained on descriptions drawn from
+    scenes (crossmodal/train/describe.py), never on these strings as such.
+    """
+    from crossmodal.train.describe import parse_caption
+
+    model, preprocess, tokenizer = demo
+    data = generate_dataset(tmp_path, n_images=300, seed=77, progress=False)  # every scene equally likely
+    rows = read_captions(data / "captions.csv", data / "images")
+    scenes = [parse_caption(c) for _, c in rows]
+    pairs = [(c, s) for c in ("red", "green", "blue", "yellow", "purple", "orange")
+             for s in ("circle", "square")]
+    queries = [f"a {colour} {shape}" for colour, shape in pairs]
+    with torch.no_grad():
+        images = model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p, _ in rows]),
+                                    normalize=True).numpy()
+        texts = model.encode_text(tokenizer(queries), normalize=True).numpy()
+    precision = {}
+    for (colour, shape), query, t in zip(pairs, queries, texts):
+        top = np.argsort(-(images @ t))[:5]
+        precision[query] = np.mean([scenes[i].colour == colour and scenes[i].shape == shape for i in top])
+    return precision
+
+
+def test_short_queries_do_better_than_the_caption_only_model(demo, tmp_path):
+    precision = _colour_shape_precision(demo, tmp_path)
+    assert np.mean(list(precision.values())) >= 0.4, precision  # the caption-only model: 0.15 (issue 13)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 target not reached: the shipped model gets P@5 0.47 on these "
+                   "queries; shape is weakly encoded by the image tower (see models/README.md)")
+def test_short_queries_reach_the_issue_13_target(demo, tmp_path):
+    precision = _colour_shape_precision(demo, tmp_path)
+    assert np.mean(list(precision.values())) >= 0.8, precision

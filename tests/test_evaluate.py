@@ -54,3 +54,22 @@ def test_eval_cli_through_the_flow_reports_bounded_metrics(tmp_path):
             assert 0.0 <= result[direction][key] <= 1.0
     # each caption has 5 images, so P@5 == R@5 for text->image; both are real counts of hits
     assert result["text_to_image"]["P@5"] == pytest.approx(result["text_to_image"]["R@5"])
+
+
+def test_short_queries_are_relevant_to_every_image_with_their_attributes(tmp_path):
+    from crossmodal.train.describe import parse_caption
+    from crossmodal.train.evaluate import ShortQueryTruth, _short_truth
+
+    data = generate_dataset(tmp_path / "d", n_images=40, seed=23, n_distinct=4, image_size=48, progress=False)
+    rows = read_captions(data / "captions.csv", data / "images")
+    truth = ShortQueryTruth(rows, data / "images", n=30, seed=1, depth=10)
+    scenes = {p.name: parse_caption(c) for p, c in rows}
+    assert truth.text_queries and all(len(rel) >= 10 for _, _, rel in truth.text_queries)
+    from crossmodal.train.describe import short_queries
+    by_text = {d.text: d for d in short_queries(sorted(set(scenes.values()), key=str), 30, 1)}
+    for query_id, text, relevant in truth.text_queries:
+        assert relevant == {i for i, s in scenes.items() if by_text[text].matches(s)}
+        assert all(query_id in truth.image_relevant[i] for i in relevant)
+    assert _short_truth(rows, data / "images", "pair", 10, 30, 1) is None  # Flickr-style: scenes unknown
+    flickr = [(p, "a dog runs") for p, _ in rows]
+    assert _short_truth(flickr, data / "images", "caption", 10, 30, 1) is None

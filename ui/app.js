@@ -11,12 +11,18 @@
   const MAX_IMAGE_BYTES = 20 * 2 ** 20; // the service's default ImageLimits.max_bytes
   const TIMEOUT_MS = 60_000;
   const MAX_REMEMBERED_POSTS = 50;
+  const K_DEFAULT = 12;
+  const K_MAX = 1000; // the service's Limits.max_k
+  const HEALTH_MS = { online: 5_000, offline: 2_000 }; // how often the status pill asks /stats
   const $ = (id) => document.getElementById(id);
 
   const state = {
     query: null, // {text} or {uri, label}
     inFlight: null, // AbortController of the running search
     postImage: null, // data URI chosen in the post form
+    k: K_DEFAULT, // the last valid "Results per kind"
+    calibration: null, // the model's thresholds from /stats
+    manualCutoff: false, // the person moved the cut-off: one threshold for every kind
   };
 
   function apiBase() {
@@ -94,11 +100,36 @@
   function setOnline(online, message = '') {
     $('offline').hidden = online;
     $('offline-text').textContent = message;
-    if (!online) setService('offline', 'offline');
-    else if ($('service').dataset.state === 'offline') {
+    if (!online) {
+      setService('offline', 'offline');
+      scheduleHealth();
+    } else if ($('service').dataset.state === 'offline') {
       setService('connecting', 'connecting…'); // back again: show fresh counts
       refreshStats();
+      retryFailedView();
     }
+  }
+
+  /** After the service comes back, redo what the visible view could not do while it was away. */
+  function retryFailedView() {
+    const view = currentView();
+    if (!$(`view-${view}`).querySelector('.notice.offline')) return;
+    if (view === 'foryou') recommend();
+    else if (view === 'search' && state.query) search(state.query);
+    else $(`view-${view}`).querySelectorAll('.notice.offline').forEach((n) => n.remove());
+  }
+
+  let healthTimer = null;
+
+  /** Ask /stats now and then, so the pill never shows stale counts and the page notices by
+   * itself when a stopped service is back; more often while it is away. */
+  function scheduleHealth() {
+    clearTimeout(healthTimer);
+    const offline = $('service').dataset.state === 'offline';
+    healthTimer = setTimeout(async () => {
+      if (!document.hidden) await refreshStats();
+      scheduleHealth();
+    }, offline ? HEALTH_MS.offline : HEALTH_MS.online);
   }
 
   function setService(stateName, text) {
@@ -112,6 +143,7 @@
       const [doc] = await call('/stats', []);
       const tags = doc?.tags || {};
       const count = tags.count || {};
+      state.calibration = tags.relevance_threshold ? tags : null;
       setService('online', `${tags.model || 'model ?'} · ${plural(count.text || 0, 'text')} · ${plural(count.image || 0, 'image')}`);
     } catch (err) {
       if (err.kind !== 'unreachable') setService('offline', 'service error');
@@ -145,7 +177,8 @@
     const offline = err.kind === 'unreachable';
     const retryButton = retry ? h('button', { type: 'button', class: 'ghost', onclick: retry }, 'Try again') : null;
     // Unreachable: the banner at the top already says why and how to start the service.
-    return notice(offline ? 'offline' : 'error', offline ? 'The service is not reachable' : 'Something went wrong',
+    const title = offline ? 'The service is not reachable' : err.kind === 'input' ? 'This file cannot be used' : 'Something went wrong';
+    return notice(offline ? 'offline' : 'error', title,
       offline ? null : (err.message || String(err)), retryButton);
   }
 
@@ -154,48 +187,78 @@
     container.classList.toggle('busy', busy);
   }
 
-  const score = (value) => (Math.round(value * 100) / 100).toFixed(2);
+  const rounded = (value) => Math.round(value * 100) / 100; // what the page shows, and filters on
+  const score = (value) => rounded(value).toFixed(2);
 
-  /** The score as a number and a short meter, so a list can be scanned by eye. */
-  function scoreBadge(value) {
+  /** The model's calibrated thresholds for a query and result kind ("text-image", either order). */
+  function thresholds(queryKind, resultKind) {
+    const cal = state.calibration;
+    const pair = [queryKind, resultKind].sort().reverse().join('-');
+    const likely = cal?.relevance_threshold?.[pair];
+    return likely === undefined ? null : { likely, close: cal.close_threshold?.[pair] ?? likely };
+  }
+
+  /** The score in words, against the model's calibration for this kind of pair. */
+  function scoreWords(value, limits) {
+    if (!limits) return '';
+    if (value >= limits.close) return 'close match';
+    if (value >= limits.likely) return 'likely match';
+    return 'weak match';
+  }
+
+  /** The score as words, a short meter and the number, so a list can be scanned by eye. */
+  function scoreBadge(value, limits = null) {
     const fill = h('span', { class: 'meter-fill' });
     fill.style.setProperty('--s', Math.max(0, Math.min(1, value)).toFixed(3));
-    return h('span', { class: 'score', title: `cosine similarity ${value.toFixed(4)}` },
-      h('span', { class: 'meter', 'aria-hidden': 'true' }, fill), score(value));
+    const words = scoreWords(value, limits);
+    return h('span', { class: 'score-line' },
+      words ? h('span', { class: `words ${words.split(' ')[0]}` }, words) : null,
+      h('span', { class: 'score', title: `cosine similarity ${value.toFixed(4)}` },
+        h('span', { class: 'meter', 'aria-hidden': 'true' }, fill), score(value)));
+  }
+
+  /** Alt text that says what the picture shows, when the service knows it. */
+  function altText(match) {
+    const tags = match.tags || {};
+    const words = match.text || tags.caption || tags.alt || tags.title
+      || Object.entries(tags).filter(([, v]) => typeof v === 'string').map(([k, v]) => `${k}: ${v}`).join(', ');
+    return words ? `${words} (posted by ${match.owner})` : `Image posted by ${match.owner}`;
   }
 
   /* ---------------------------------------------------------------- results */
 
-  function imageTile(match) {
+  function imageTile(match, limits) {
     const usable = Boolean(match.thumbnail);
     return h('li', { class: 'tile-item', dataset: { score: match.score, id: match.id } },
       h('button', {
         type: 'button', class: 'tile', disabled: !usable,
         title: usable ? 'Find more like this' : 'No preview stored for this image',
-        onclick: () => searchWith({ uri: match.thumbnail, label: `@${match.owner}’s image` }),
+        onclick: () => searchWith({ uri: match.thumbnail, label: `@${match.owner}’s image`, source: match.id }),
       },
       usable
-        ? h('img', { src: match.thumbnail, alt: `Image posted by ${match.owner}`, loading: 'lazy', decoding: 'async' })
+        ? h('img', { src: match.thumbnail, alt: altText(match), loading: 'lazy', decoding: 'async' })
         : h('span', { class: 'no-thumb' }, 'no preview'),
-      h('span', { class: 'tile-meta' }, h('span', { class: 'owner' }, `@${match.owner}`), scoreBadge(match.score))));
+      h('span', { class: 'tile-meta' }, h('span', { class: 'owner' }, `@${match.owner}`), scoreBadge(match.score, limits))));
   }
 
-  function textItem(match) {
+  function textItem(match, limits) {
     return h('li', { class: 'text-item', dataset: { score: match.score, id: match.id } },
       h('button', { type: 'button', class: 'text-button', title: 'Find more like this',
-        onclick: () => searchWith({ text: match.text }) },
+        onclick: () => searchWith({ text: match.text, source: match.id }) },
       h('span', { class: 'text' }, match.text || ''),
-      h('span', { class: 'text-meta' }, h('span', { class: 'owner' }, `@${match.owner}`), scoreBadge(match.score))));
+      h('span', { class: 'text-meta' }, h('span', { class: 'owner' }, `@${match.owner}`), scoreBadge(match.score, limits))));
   }
 
   /** Image grid and text list of one group of matches, side by side on wide screens.
    * `empty` gives the message for a kind without matches; without one that kind is left out. */
-  function matchSections(group, empty, level = 'h2') {
+  function matchSections(group, empty, level = 'h2', queryKind = null) {
     const section = (kind, title, matches, render, listClass) => {
       if (!matches.length && !empty) return null;
-      return h('section', { class: 'matches', dataset: { kind } },
+      const limits = queryKind ? thresholds(queryKind, kind) : null;
+      return h('section', { class: 'matches', dataset: { kind }, id: `${kind}-results` },
         h(level, { class: 'section-title' }, `${title} `, h('span', { class: 'count' }, String(matches.length))),
-        matches.length ? h('ul', { class: listClass }, ...matches.map(render)) : h('p', { class: 'muted empty' }, empty[kind]),
+        matches.length ? h('ul', { class: listClass }, ...matches.map((m) => render(m, limits)))
+          : h('p', { class: 'muted empty' }, empty[kind]),
         h('p', { class: 'muted all-hidden', hidden: true }));
     };
     return h('div', { class: 'split' },
@@ -218,14 +281,14 @@
     state.inFlight?.abort();
     const controller = state.inFlight = new AbortController();
     const results = $('search-results');
-    const parameters = { k: Number($('k').value), with_thumbnails: true };
+    const parameters = { k: state.k + (query.source ? 1 : 0), with_thumbnails: true }; // room for the item itself
     if (currentUser()) parameters.username = currentUser();
     const doc = query.text !== undefined ? { id: 'q', text: query.text } : { id: 'q', uri: query.uri };
     setBusy(results, true);
     try {
       const [answer] = await call('/search', [doc], parameters, controller.signal);
       if (answer?.error) throw new ServiceError('rejected', `The service could not use this query: ${answer.error}`);
-      renderSearch(answer);
+      renderSearch(dropSource(answer, query.source), query.text !== undefined ? 'text' : 'image');
     } catch (err) {
       if (err.name === 'AbortError') return; // a newer search replaced this one
       results.replaceChildren(errorNotice(err, () => search(query)));
@@ -238,7 +301,14 @@
     }
   }
 
-  function renderSearch(answer) {
+  /** "More like this" is about the others: the clicked item itself is not a result. */
+  function dropSource(answer, source) {
+    if (!answer) return answer;
+    const cut = (matches) => (matches || []).filter((m) => m.id !== source).slice(0, state.k);
+    return { ...answer, image_matches: cut(answer.image_matches), text_matches: cut(answer.text_matches) };
+  }
+
+  function renderSearch(answer, queryKind) {
     const results = $('search-results');
     const images = answer?.image_matches || [];
     const texts = answer?.text_matches || [];
@@ -251,11 +321,23 @@
       return;
     }
     const mine = who ? ` (your own posts, @${who}, are left out)` : '';
-    results.replaceChildren(matchSections(answer, {
-      image: `No images from other people${mine}.`,
-      text: `No texts from other people${mine}.`,
-    }));
+    results.replaceChildren(
+      h('p', { class: 'no-close', role: 'status', hidden: true }),
+      jumpLinks(images.length, texts.length),
+      matchSections(answer, {
+        image: `No images from other people${mine}.`,
+        text: `No texts from other people${mine}.`,
+      }, 'h2', queryKind));
     resetCutoff([...images, ...texts].map((m) => m.score));
+  }
+
+  /** On a phone the texts come after every image: say they exist and jump there. */
+  function jumpLinks(images, texts) {
+    const jump = (kind, text) => h('button', { type: 'button', class: 'link', onclick: () => {
+      $(`${kind}-results`)?.scrollIntoView({ behavior: 'smooth', block: 'start' });
+    } }, text);
+    return h('p', { class: 'jump muted small' }, 'Found ', jump('image', plural(images, 'image')), ' and ',
+      jump('text', plural(texts, 'text')), '.');
   }
 
   function showQueryImage(query) {
@@ -282,40 +364,61 @@
 
   /* ---------------------------------------------------------------- relevance cut-off */
 
-  /** Fit the slider to the scores on screen and show them all: CLIP scores sit in narrow
-   * bands that depend on the query (text-to-image ≈ 0.2-0.35, image-to-image ≈ 0.5-1). */
+  /** Fit the slider to the scores on screen. It starts at the model's calibrated "likely
+   * match" line of each kind of result (text-to-image and text-to-text scores live in
+   * different bands); moving it sets one threshold for every kind; Home shows all. */
   function resetCutoff(scores) {
     const slider = $('cutoff');
     slider.disabled = scores.length === 0;
+    state.manualCutoff = !state.calibration;
     if (scores.length) {
       const low = Math.floor(Math.min(...scores) * 100) / 100;
-      const high = Math.max(Math.ceil(Math.max(...scores) * 100) / 100, low + 0.01);
+      const high = Math.max(rounded(Math.max(...scores)), low + 0.01);
       slider.min = String(low);
       slider.max = String(high);
-      slider.value = String(low);
+      const starts = [...$('search-results').querySelectorAll('.matches')]
+        .map((section) => itemLimits(section)?.likely).filter((v) => v !== undefined);
+      slider.value = String(state.manualCutoff || !starts.length ? low : Math.min(high, Math.max(low, Math.min(...starts))));
     }
     applyCutoff();
+  }
+
+  /** The calibrated limits a section's items are judged by (null: the model has none). */
+  function itemLimits(section) {
+    const queryKind = state.query?.text !== undefined ? 'text' : 'image';
+    return thresholds(queryKind, section.dataset.kind);
   }
 
   function applyCutoff() {
     const slider = $('cutoff');
     const threshold = Number(slider.value);
-    const active = !slider.disabled && threshold > Number(slider.min);
+    const auto = !slider.disabled && !state.manualCutoff;
+    const active = !slider.disabled && (auto || threshold > Number(slider.min));
     let hidden = 0;
+    let shownTotal = 0;
     for (const section of $('search-results').querySelectorAll('.matches')) {
       const items = [...section.querySelectorAll('[data-score]')];
+      const line = auto ? itemLimits(section)?.likely ?? -Infinity : threshold;
       for (const item of items) {
-        item.hidden = active && Number(item.dataset.score) < threshold;
+        item.hidden = active && rounded(Number(item.dataset.score)) < rounded(line);
         hidden += item.hidden;
       }
       const shown = items.filter((item) => !item.hidden).length;
+      shownTotal += shown;
       section.querySelector('.count').textContent = shown === items.length ? `${items.length}` : `${shown} of ${items.length}`;
       const note = section.querySelector('.all-hidden');
       note.hidden = !(items.length && shown === 0);
-      note.textContent = `All ${items.length} are below the cut-off.`;
+      note.textContent = auto ? `No close match among ${plural(items.length, section.dataset.kind)}: move the cut-off left to see them anyway.`
+        : `All ${items.length} are below the cut-off.`;
+    }
+    const none = $('search-results').querySelector('.no-close');
+    if (none) {
+      none.hidden = !(active && hidden && shownTotal === 0);
+      none.textContent = 'No close match. Nothing scores high enough to be likely what you mean; move the cut-off left to see the nearest results anyway.';
     }
     $('cutoff-value').textContent = slider.disabled ? 'no results yet'
-      : active ? `≥ ${score(threshold)} · ${hidden} hidden` : 'showing all';
+      : auto ? `likely matches · ${hidden} hidden`
+        : active ? `≥ ${score(threshold)} · ${hidden} hidden` : 'showing all';
   }
 
   /* ---------------------------------------------------------------- images from the user */
@@ -481,6 +584,7 @@
     try {
       await call('/delete', [{ id: post.id }]); // "not_found" too means it is gone
       forget(user, post.id);
+      $('post-status').replaceChildren();
       refreshStats();
     } catch (err) {
       button.disabled = false;
@@ -507,9 +611,10 @@
 
   /* ---------------------------------------------------------------- recommendations */
 
+  const article = (word) => (/^[aeiou]/i.test(word) ? `an ${word}` : `a ${word}`);
   const KIND_TEXT = {
-    medoid: (m, c) => [`Your ${m} interest #${c + 1}`, `Close to a group of your ${m} posts.`],
-    serendipity: (m) => ['Something different', `Near a ${m} post of yours that stands apart from the rest.`],
+    medoid: (m, n) => [`Your ${m} interest ${n}`, `Close to a group of your ${m} posts.`],
+    serendipity: (m) => ['Something different', `Near ${article(m)} post of yours that stands apart from the rest.`],
     history: (m) => [`Your recent ${m} posts`, 'No clear interest yet: near what you posted lately.'],
   };
 
@@ -528,15 +633,17 @@
     return [...groups.values()];
   }
 
-  function seedCard(group) {
+  /** One interest; `ordinal` numbers the interests of a kind 1, 2, 3 in the order shown
+   * (HDBSCAN's labels are arbitrary and skip numbers). */
+  function seedCard(group, ordinal) {
     const [modality, kind, clusterText] = group.seed.split(':');
     const cluster = Number(clusterText);
-    const [title, subtitle] = (KIND_TEXT[kind] || KIND_TEXT.history)(modality, cluster);
+    const [title, subtitle] = (KIND_TEXT[kind] || KIND_TEXT.history)(modality, ordinal);
     const card = h('article', { class: `interest ${kind}`, dataset: { seed: group.seed, cluster: String(cluster) } },
       h('header', { class: 'interest-head' },
-        h('span', { class: 'badge' }, kind === 'medoid' ? `#${cluster + 1}` : kind === 'serendipity' ? '✦' : '↺'),
+        h('span', { class: 'badge' }, kind === 'medoid' ? String(ordinal) : kind === 'serendipity' ? '✦' : '↺'),
         h('div', {}, h('h2', {}, title), h('p', { class: 'muted small' }, subtitle))),
-      matchSections(group, null, 'h3'));
+      matchSections(group, null, 'h3', modality));
     card.style.setProperty('--hue', String(kind === 'medoid' ? (cluster * 67 + (modality === 'image' ? 200 : 250)) % 360 : 35));
     return card;
   }
@@ -551,13 +658,15 @@
     }
     setBusy(results, true);
     try {
-      const [doc] = await call('/recommend', [{ id: 'r' }], { username: user, k: Number($('k').value), with_thumbnails: true });
+      const [doc] = await call('/recommend', [{ id: 'r' }], { username: user, k: state.k, with_thumbnails: true });
       const groups = doc ? groupBySeed(doc) : [];
       if (!groups.length) {
         const reason = doc?.reason ? `${doc.reason[0].toUpperCase()}${doc.reason.slice(1)}.` : 'Nothing from other people is close to your posts yet.';
         results.replaceChildren(notice('empty', 'No suggestions yet', `${reason} Post a few texts or images, then come back.`));
       } else {
-        results.replaceChildren(...groups.map(seedCard));
+        const ordinals = {}; // interests are numbered 1, 2, 3 within each kind of post
+        const next = (seed) => { const m = seed.split(':')[0]; ordinals[m] = (ordinals[m] || 0) + 1; return ordinals[m]; };
+        results.replaceChildren(...groups.map((g) => seedCard(g, g.seed.includes(':medoid:') ? next(g.seed) : 0)));
       }
     } catch (err) {
       results.replaceChildren(errorNotice(err, recommend));
@@ -592,14 +701,36 @@
     else if (state.query && currentView() === 'search') search(state.query); // the exclusion changed
   }
 
+  /** A whole number in 1..K_MAX from the box or storage, else null. */
+  function validK(value) {
+    const text = String(value ?? '').trim();
+    const n = Number(text);
+    return /^\d+$/.test(text) && n >= 1 && n <= K_MAX ? n : null;
+  }
+
+  /** Only a valid value is used and stored; an invalid one is explained at the box while
+   * searches go on with the last valid value. */
+  function onKInput(event) {
+    const k = validK($('k').value);
+    $('k').setAttribute('aria-invalid', String(k === null));
+    $('k-error').hidden = k !== null;
+    $('k-error').textContent = k === null ? `Enter a whole number from 1 to ${K_MAX}; using ${state.k} meanwhile.` : '';
+    if (k === null || event.type !== 'change' || k === state.k) return;
+    state.k = k;
+    save('crossmodal.k', k);
+    if (currentView() === 'foryou') recommend();
+    else if (state.query) search(state.query);
+  }
+
   function start() {
     $('user').value = load('crossmodal.user', '');
-    $('k').value = String(load('crossmodal.k', 12));
+    state.k = validK(load('crossmodal.k', K_DEFAULT)) ?? K_DEFAULT; // a stored bad value is replaced
+    save('crossmodal.k', state.k);
+    $('k').value = String(state.k);
     $('user').addEventListener('change', onUserChange);
-    $('k').addEventListener('change', () => {
-      save('crossmodal.k', Number($('k').value));
-      if (state.query) search(state.query);
-    });
+    $('k').addEventListener('input', onKInput);
+    $('k').addEventListener('change', onKInput);
+    $('k').addEventListener('blur', () => { if (validK($('k').value) === null) { $('k').value = String(state.k); onKInput({ type: 'blur' }); } });
     $('search-form').addEventListener('submit', submitSearch);
     $('q-file').addEventListener('change', (e) => { if (e.target.files[0]) searchWithFile(e.target.files[0]); e.target.value = ''; });
     $('query-image-clear').addEventListener('click', () => {
@@ -607,18 +738,25 @@
       $('query-image').hidden = true;
       $('q').focus();
     });
-    $('cutoff').addEventListener('input', applyCutoff);
+    const manual = () => { state.manualCutoff = true; applyCutoff(); }; // Home on the slider shows all
+    $('cutoff').addEventListener('input', manual);
+    $('cutoff').addEventListener('keydown', (e) => { if (['Home', 'End'].includes(e.key)) setTimeout(manual); });
+    $('cutoff').addEventListener('pointerdown', manual);
     $('post-form').addEventListener('submit', submitPost);
-    for (const radio of document.querySelectorAll('input[name="kind"]')) radio.addEventListener('change', showPostKind);
+    for (const radio of document.querySelectorAll('input[name="kind"]')) {
+      radio.addEventListener('change', () => { $('post-status').replaceChildren(); showPostKind(); });
+    }
     $('post-file').addEventListener('change', (e) => { if (e.target.files[0]) choosePostImage(e.target.files[0]); });
     $('foryou-refresh').addEventListener('click', recommend);
     $('offline-retry').addEventListener('click', refreshStats);
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) refreshStats(); });
     window.addEventListener('hashchange', showView);
     setupDrop();
     showPostKind();
     renderMyPosts();
     showView();
     refreshStats();
+    scheduleHealth();
   }
 
   start();

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
-from crossmodal.settings import LIMITS, MODALITIES
+from crossmodal.settings import CALIBRATION, LIMITS, MODALITIES
 
 P = TypeVar("P")
 
@@ -123,7 +123,7 @@ class RecommendParams:
     min_samples: int = param(2, number(1, LIMITS.max_cluster_size, integer=True))
     max_seeds: int = param(3, number(1, LIMITS.max_recommend_seeds, integer=True))
     outlier_share: float = param(0.2, number(0, 1, high_open=True))  # 1 would leave no room for interests
-    novelty_threshold: float = param(0.95, number(0, 1, low_open=True))
+    novelty_threshold: float = param(CALIBRATION.novelty_threshold, number(0, 1, low_open=True))
     diversity: float = param(0.7, number(0, 1))  # MMR lambda: 1 = pure relevance, 0 = pure diversity
     seed: int = param(0, number(0, 2**32, integer=True, high_open=True))
     with_thumbnails: bool = param(False, boolean)
@@ -161,9 +161,13 @@ def parse_refine_params(params: Mapping[str, Any]) -> RefineParams:
     return parse(RefineParams, params)
 
 
-def parse_recommend_params(params: Mapping[str, Any]) -> RecommendParams:
-    """Recommendations are for someone: ``username`` is required here."""
+def parse_recommend_params(params: Mapping[str, Any],
+                           novelty_threshold: float = CALIBRATION.novelty_threshold) -> RecommendParams:
+    """Recommendations are for someone: ``username`` is required here. ``novelty_threshold``
+    is the loaded model's calibrated value, used unless the request gives its own."""
     parsed = parse(RecommendParams, params)
+    if params.get("novelty_threshold") is None:
+        parsed = replace(parsed, novelty_threshold=novelty_threshold)
     if parsed.username is None:
         raise ValueError(f"parameter 'username' is required, got {params.get('username')!r}")
     return parsed

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from crossmodal.index.users import KEY_ENV
+from crossmodal.model.calibration import load_calibration
 from crossmodal.settings import EXECUTOR_HOST, FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
 if TYPE_CHECKING:  # resolving models imports torch: only where a Flow starts (adduser stays fast)
@@ -53,6 +54,7 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
         "CROSSMODAL_AUTH": "1" if cfg.auth else "0",  # read by the gateway and the executors
         KEY_ENV: secrets.token_hex(32),  # the gateway signs the acting user with it (api/identity.py)
+        "CROSSMODAL_CALIBRATION": load_calibration(spec.checkpoint).to_json(),
     }
 
 

@@ -153,11 +153,15 @@ def _texts(rng: random.Random, n: int, owners: Sequence[str]) -> list[tuple[str,
 
 def generate_dataset(out_dir: Path, n_images: int, seed: int, n_distinct: Optional[int] = None,
                      owners: Sequence[str] = DEFAULT_OWNERS, n_texts: Optional[int] = None,
-                     image_size: int = 96, progress: bool = True) -> Path:
+                     image_size: int = 96, progress: bool = True, descriptions: int = 0) -> Path:
     """Write ``images/*.png``, ``captions.csv`` (image,caption,owner) and ``texts.csv`` (text,owner).
 
-    ``n_texts`` defaults to a quarter of ``n_images``. Returns ``out_dir``.
+    ``n_texts`` defaults to a quarter of ``n_images``. ``descriptions`` adds that many
+    rows per image with short descriptions of its scene (``describe``): training data
+    for a model that understands what people type. Returns ``out_dir``.
     """
+    from crossmodal.train.describe import describe
+
     if not owners:
         raise ValueError("owners: need at least one owner")
     out_dir = Path(out_dir)
@@ -165,6 +169,7 @@ def generate_dataset(out_dir: Path, n_images: int, seed: int, n_distinct: Option
     images_dir.mkdir(parents=True, exist_ok=True)
     specs = sample_specs(n_images, seed, n_distinct)
     rng = random.Random(f"render-{seed}")  # independent of spec sampling: same scenes, any image_size
+    describe_rng = random.Random(f"describe-{seed}")  # the images stay the same with or without descriptions
     width = max(5, len(str(n_images)))
     with open(out_dir / "captions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -172,7 +177,9 @@ def generate_dataset(out_dir: Path, n_images: int, seed: int, n_distinct: Option
         for i, spec in enumerate(tqdm(specs, desc="render", unit="img", disable=not progress)):
             name = f"img_{i:0{width}d}.png"
             render(spec, rng, image_size).save(images_dir / name, format="PNG", optimize=True)
-            writer.writerow([name, spec.caption(), rng.choice(owners)])
+            owner = rng.choice(owners)
+            writer.writerow([name, spec.caption(), owner])
+            writer.writerows([name, describe(spec, describe_rng).text, owner] for _ in range(descriptions))
     with open(out_dir / "texts.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["text", "owner"])
@@ -188,10 +195,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--distinct", type=int, default=None, help="number of distinct captions")
     parser.add_argument("--texts", type=int, default=None, help="standalone texts (default n/4)")
     parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--descriptions", type=int, default=0,
+                        help="extra rows per image with short descriptions of its scene (training data)")
     parser.add_argument("--owners", default=",".join(DEFAULT_OWNERS), help="comma-separated owners")
     args = parser.parse_args(argv)
     owners = [o for o in args.owners.split(",") if o]
-    generate_dataset(args.out, args.n, args.seed, args.distinct, owners, args.texts, args.image_size)
+    generate_dataset(args.out, args.n, args.seed, args.distinct, owners, args.texts, args.image_size,
+                     descriptions=args.descriptions)
     n_captions = len({s.caption() for s in sample_specs(args.n, args.seed, args.distinct)})
     print(f"wrote {args.n} images ({n_captions} distinct captions) to {args.out} (seed {args.seed})")
 

@@ -7,6 +7,10 @@ encoders, the FAISS index and result assembly. Two relevance notions:
 * ``caption``: generated data; an image and a text are relevant iff their caption
   strings are equal (many images share a caption);
 * ``pair``: Flickr-style data; an image is relevant only to its own captions.
+
+Generated data is also scored on short queries ("red circle", "two stars"):
+descriptions of its scenes drawn with their own seed (``describe.short_queries``),
+relevant to every image whose scene has each attribute the query names.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from crossmodal.inputs.captions import read_captions
+from crossmodal.settings import EVAL
 from crossmodal.train.metrics import summarize
 
 RELEVANCE = ("caption", "pair")
@@ -106,42 +111,104 @@ class GroundTruth:
         self.image_relevant = {i: set().union(*(texts_with[key] for key in image_keys[i])) for i in self.images}
 
 
+def _short_truth(rows: list[tuple[Path, str]], images_dir: Path, relevance: str, depth: int, n: int,
+                 seed: int) -> Optional[ShortQueryTruth]:
+    """None where the captions are not the generator's (Flickr): their scenes are unknown."""
+    from crossmodal.train.describe import parse_caption
+
+    if relevance != "caption" or n < 1:
+        return None
+    try:
+        for _, caption in rows:
+            parse_caption(caption)
+    except ValueError:
+        return None
+    truth = ShortQueryTruth(rows, images_dir, n, seed, depth)
+    return truth if truth.text_queries else None
+
+
+class ShortQueryTruth:
+    """Short descriptions of the scenes of generated captions, with attribute relevance.
+
+    Queries with fewer relevant images than the ranking depth are dropped, so that
+    P@k can reach 1; the caller reports how many were kept.
+    """
+
+    def __init__(self, rows: list[tuple[Path, str]], images_dir: Path, n: int, seed: int, depth: int):
+        from crossmodal.train.describe import parse_caption, short_queries
+
+        scenes = {p.relative_to(images_dir).as_posix(): parse_caption(c) for p, c in rows}
+        self.images = {p.relative_to(images_dir).as_posix(): p for p, _ in rows}
+        relevant = [(d, {i for i, s in scenes.items() if d.matches(s)})
+                    for d in short_queries(sorted(set(scenes.values()), key=str), n, seed)]
+        kept = [(d, rel) for d, rel in relevant if len(rel) >= depth]
+        self.texts = {f"short{i}": d.text for i, (d, _) in enumerate(kept)}
+        self.text_queries = [(f"short{i}", d.text, rel) for i, (d, rel) in enumerate(kept)]
+        self.image_relevant = {i: {q for q, _, rel in self.text_queries if i in rel} for i in self.images}
+        self.image_relevant = {i: rel for i, rel in self.image_relevant.items() if rel}
+
+
+def _run(truth, cfg, spec, k: int, batch_size: int) -> tuple[dict, dict]:
+    """Index the truth's images and texts in a fresh Flow and query it both ways."""
+    from crossmodal.api.schemas import ContentDoc
+    from crossmodal.serve.flow import running_flow
+
+    with running_flow(cfg, spec) as client:
+        index_ground_truth(client, truth, batch_size)
+        t2i = _search(client, (ContentDoc(id=q, text=t) for q, t, _ in truth.text_queries),
+                      len(truth.text_queries), "image", k, batch_size)
+        i2t = _search(client, (ContentDoc(id=i, blob=truth.images[i].read_bytes()) for i in truth.image_relevant),
+                      len(truth.image_relevant), "text", k, batch_size)
+    return t2i, i2t
+
+
+def _scores(truth, t2i: dict, i2t: dict, ks: Sequence[int]) -> dict:
+    return {"text_to_image": summarize(*_judge(t2i, {q: rel for q, _, rel in truth.text_queries}), ks=ks),
+            "image_to_text": summarize(*_judge(i2t, truth.image_relevant), ks=ks)}
+
+
 def evaluate(captions_csv: Path, images_dir: Path, model: Optional[str], pretrained: Optional[str],
              ks: Sequence[int] = (1, 5, 10), out_json: Optional[Path] = None, relevance: str = "caption",
-             batch_size: int = 64, device: str = "auto") -> dict:
+             batch_size: int = 64, device: str = "auto", short_queries: int = EVAL.short_queries,
+             short_seed: int = EVAL.short_query_seed) -> dict:
     """Index the captioned images and their captions, query both ways through the Flow, score.
 
     Text->image queries are the distinct captions (``caption``) or every caption
-    row (``pair``); image->text queries are the images. Rankings are cut at
+    row (``pair``); image->text queries are the images. Generated data (``caption``
+    relevance, captions in the generator's grammar) is also scored on
+    ``short_queries`` short descriptions drawn with ``short_seed``, in a second Flow. Rankings are cut at
     ``max(ks)``, so mAP is over that depth. Returns the metrics dict (also
     written to ``out_json`` when given).
     """
-    from crossmodal.api.schemas import ContentDoc
     from crossmodal.model.resolve import resolve
-    from crossmodal.serve.flow import free_port, running_flow
+    from crossmodal.serve.flow import free_port
     from crossmodal.settings import ServiceConfig
 
     start = time.time()
-    truth = GroundTruth(read_captions(Path(captions_csv), Path(images_dir)), Path(images_dir), relevance)
+    rows = read_captions(Path(captions_csv), Path(images_dir))
+    truth = GroundTruth(rows, Path(images_dir), relevance)
     spec = resolve(model, pretrained)
     k = max(ks)
-    with tempfile.TemporaryDirectory(prefix="crossmodal-eval-") as workspace:
-        cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
-                            grpc_port=free_port(), http_port=free_port(), device=device)
-        with running_flow(cfg, spec) as client:
-            index_ground_truth(client, truth, batch_size)
-            t2i = _search(client, (ContentDoc(id=q, text=t) for q, t, _ in truth.text_queries),
-                          len(truth.text_queries), "image", k, batch_size)
-            i2t = _search(client, (ContentDoc(id=i, blob=p.read_bytes()) for i, p in truth.images.items()),
-                          len(truth.images), "text", k, batch_size)
+
+    def scored(truth) -> dict:
+        with tempfile.TemporaryDirectory(prefix="crossmodal-eval-") as workspace:
+            cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
+                                grpc_port=free_port(), http_port=free_port(), device=device)
+            return _scores(truth, *_run(truth, cfg, spec, k, batch_size), ks)
+
     result = {
         "model": spec.label, "relevance": relevance, "images": len(truth.images), "texts": len(truth.texts),
         "depth": k,  # rankings are cut here: R@k and mAP count deeper relevant items as misses
-        "text_to_image": summarize(*_judge(t2i, {q: rel for q, _, rel in truth.text_queries}), ks=ks),
-        "image_to_text": summarize(*_judge(i2t, truth.image_relevant), ks=ks),
-        "seconds": round(time.time() - start, 1),
+        **scored(truth),
     }
-    print(_table(result, ks))
+    short = _short_truth(rows, Path(images_dir), relevance, k, short_queries, short_seed)
+    if short is not None:
+        result["short_queries"] = {"seed": short_seed, "texts": len(short.texts), **scored(short)}
+    result["seconds"] = round(time.time() - start, 1)
+    print("full captions\n" + _table(result, ks))
+    if "short_queries" in result:
+        print(f"short queries ({result['short_queries']['texts']}, seed {short_seed})\n"
+              + _table(result["short_queries"], ks))
     print(f"evaluated {spec.label} on {len(truth.images)} images / {len(truth.texts)} captions "
           f"({relevance} relevance) in {result['seconds']}s")
     if out_json is not None:

@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from crossmodal.inputs.captions import read_captions
-from crossmodal.model.resolve import RANDOM_INIT, config_name, resolve
+from crossmodal.model.resolve import RANDOM_INIT, config_name, register_local_configs, resolve
 from crossmodal.model.towers import create_model, pick_device
+from crossmodal.settings import TRAIN
+from crossmodal.train.described import DescribedPairs, described_loss
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,48 @@ def _cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class LockedImagePairs(Dataset):
+    """(image feature, caption tokens) pairs: with the image tower locked (LiT), each
+    distinct image is encoded once, and a training step runs the text tower only."""
+
+    def __init__(self, pairs: CaptionPairs, features: torch.Tensor, rows: list[int]):
+        self.tokens, self.features, self.rows = pairs.tokens, features, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[self.rows[i]], self.tokens[i]
+
+
+@torch.no_grad()
+def _lock_image_tower(clip: torch.nn.Module, pairs: CaptionPairs, device: str, batch_size: int) -> LockedImagePairs:
+    """Freeze ``clip.visual`` and encode each distinct image of ``pairs`` once."""
+    for p in clip.visual.parameters():
+        p.requires_grad_(False)
+    clip.visual.eval()
+    paths = list(dict.fromkeys(pairs.paths))
+    where = {p: i for i, p in enumerate(paths)}
+    features = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="encode images", unit="batch"):
+        batch = []
+        for path in paths[start:start + batch_size]:
+            with Image.open(path) as image:
+                batch.append(pairs.preprocess(image.convert("RGB")))
+        features.append(clip.encode_image(torch.stack(batch).to(device), normalize=True).cpu())
+    return LockedImagePairs(pairs, torch.cat(features), [where[p] for p in pairs.paths])
+
+
+def _pixels(paths: list[Path], preprocess: Callable) -> torch.Tensor:
+    """Every image preprocessed once: small generated images fit in memory, and a step
+    then spends its time in the model rather than in PNG decoding."""
+    out = []
+    for path in tqdm(paths, desc="preprocess", unit="img"):
+        with Image.open(path) as image:
+            out.append(preprocess(image.convert("RGB")))
+    return torch.stack(out)
+
+
 def save_checkpoint(model: torch.nn.Module, config: dict, name: str, out: Path) -> Path:
     """Write ``<name>.json`` (open_clip config) and ``<name>.pt`` (float16 state dict)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -88,10 +132,15 @@ def _train_epoch(clip: torch.nn.Module, loader: DataLoader, optimizer: torch.opt
                  scheduler: torch.optim.lr_scheduler.LRScheduler, device: str, bar: tqdm) -> float:
     loss_fn = open_clip.ClipLoss()
     losses = []
-    for images, texts in loader:
-        image_features = clip.encode_image(images.to(device), normalize=True)
-        text_features = clip.encode_text(texts.to(device), normalize=True)
-        loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
+    for batch in loader:
+        if len(batch) == 4:  # DescribedPairs: the batch knows every matching pair
+            loss = described_loss(batch, clip, device)
+        else:
+            images, texts = batch
+            image_features = (images.to(device) if images.ndim == 2  # features from a locked image tower
+                              else clip.encode_image(images.to(device), normalize=True))
+            text_features = clip.encode_text(texts.to(device), normalize=True)
+            loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -107,18 +156,28 @@ def _train_epoch(clip: torch.nn.Module, loader: DataLoader, optimizer: torch.opt
 def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optional[str], out: Path,
              epochs: int, batch_size: int, lr: float, seed: int, weight_decay: float = 0.1,
              warmup_fraction: float = 0.05, name: Optional[str] = None, device: str = "auto",
-             on_epoch: Optional[Callable[[int, float], None]] = None) -> Path:
+             on_epoch: Optional[Callable[[int, float], None]] = None, lock_image: bool = False,
+             calibrate: bool = True, describe: int = 0) -> Path:
     """Train ``model`` contrastively on the captions and return the checkpoint path.
 
     ``pretrained`` None (or "none") trains from seeded random weights; a tag or a
     checkpoint path fine-tunes. ``name`` (default: the config name) names the
     output files. ``on_epoch(epoch, mean_loss)`` is called after each epoch.
+    ``lock_image`` trains the text tower only (LiT): teaching a trained model new ways
+    of saying what its images already separate, at a fraction of the cost.
+    ``calibrate`` records the model's thresholds beside it (``crossmodal.train.calibrate``).
+    ``describe`` > 0 (generated captions) trains on each caption plus
+    that many short descriptions of its scene, with a loss that knows which pairs match
+    (``crossmodal.train.described``).
     """
+    if describe < 0:
+        raise ValueError(f"describe: must be >= 0, got {describe}")
     for field, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{field}: must be >= 1, got {value}")
     if not lr > 0:
         raise ValueError(f"lr: must be > 0, got {lr}")
+    register_local_configs()
     config = config_name(model)
     if pretrained is not None and pretrained.lower() in RANDOM_INIT:
         pretrained = None
@@ -126,12 +185,23 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
     clip, preprocess, model_cfg = _create(config, pretrained, device, seed)
     data = CaptionPairs(read_captions(Path(captions_csv), Path(images_dir)), preprocess,
                         open_clip.get_tokenizer(config))
+    if lock_image:
+        data = _lock_image_tower(clip, data, device, batch_size)
+    if describe:
+        first = {}
+        for path, caption in read_captions(Path(captions_csv), Path(images_dir)):
+            first.setdefault(path, caption)
+        images = data.features if lock_image else _pixels(list(first), preprocess)
+        data = DescribedPairs(images, list(first.values()), open_clip.get_tokenizer(config), describe, seed,
+                              off_topic=TRAIN.off_topic_share)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
                         drop_last=len(data) > batch_size, generator=torch.Generator().manual_seed(seed))
     total = epochs * len(loader)
     optimizer = _optimizer(clip, lr, weight_decay)
     scheduler = _cosine_with_warmup(optimizer, total, max(1, int(warmup_fraction * total)))
     clip.train()
+    if lock_image:
+        clip.visual.eval()
     with tqdm(total=total, desc=f"train {config}", unit="step") as bar:
         for epoch in range(epochs):
             epoch_loss = _train_epoch(clip, loader, optimizer, scheduler, device, bar)
@@ -139,6 +209,10 @@ def finetune(captions_csv: Path, images_dir: Path, model: str, pretrained: Optio
             if on_epoch is not None:
                 on_epoch(epoch, epoch_loss)
     path = save_checkpoint(clip.eval(), model_cfg, name or config, Path(out))
+    if calibrate:
+        from crossmodal.train import calibrate as calibration
+
+        print(f"calibrating thresholds -> {calibration.write(*calibration.measure(config, str(path), device=device), path)}")
     summary = f"trained {config} on {len(data)} pairs for {epochs} epoch(s): final epoch loss {epoch_loss:.4f} -> {path}"
     log.info(summary)
     print(summary)

@@ -1,5 +1,6 @@
 """Jina adapter: stores content with owners and answers owner-excluding searches."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 from docarray import DocList
@@ -11,6 +12,7 @@ from crossmodal.api.schemas import ContentDoc
 from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error
 from crossmodal.feedback.search import refine
 from crossmodal.index.content import ContentIndex, IndexConfig
+from crossmodal.model.calibration import Calibration
 from crossmodal.recommend.pick import recommend
 from crossmodal.settings import INDEX, MODALITIES
 
@@ -25,13 +27,14 @@ class CrossmodalIndexer(Executor):
     def __init__(self, workspace_dir: str = "workspace", model_label: str = "", embed_dim: int = 0,
                  index_factory: str = INDEX.factory, ef_search: int = INDEX.ef_search,
                  nprobe: int = INDEX.nprobe, ef_construction: int = INDEX.ef_construction, auth: bool = False,
-                 **kwargs):
+                 calibration: str = "", **kwargs):
         super().__init__(**kwargs)
         if not model_label or int(embed_dim) < 1:
             raise ValueError(f"model_label and embed_dim are required, got {model_label!r}, {embed_dim!r}")
         self.index = ContentIndex(IndexConfig(Path(workspace_dir), model_label, int(embed_dim), index_factory,
                                               ef_search, nprobe, ef_construction=ef_construction))
         self.auth = identity.flag(auth)
+        self.calibration = Calibration.from_json(calibration)  # the model's thresholds
 
     @requests(on="/index")
     def index_docs(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
@@ -85,7 +88,8 @@ class CrossmodalIndexer(Executor):
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
-        params = client_params(parse_recommend_params, identity.as_user(parameters, self.auth))
+        params = client_params(lambda p: parse_recommend_params(p, self.calibration.novelty_threshold),
+                               identity.as_user(parameters, self.auth))
         for doc in docs:
             seeds = convert.seeds(doc.seeds)
             picks = recommend(self.index, seeds, params) if seeds else {}
@@ -104,7 +108,8 @@ class CrossmodalIndexer(Executor):
 
     @requests(on="/stats")
     def stats(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        return DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=self.index.stats())])
+        tags = {**self.index.stats(), **asdict(self.calibration)}  # the page starts its cut-off there
+        return DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=tags)])
 
     def close(self) -> None:
         self.index.close()
