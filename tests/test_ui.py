@@ -229,13 +229,17 @@ def test_dropped_image_searches_and_result_click_searches_more_like_it(page, ser
     expect(page.locator("#search-results [data-kind=text] [data-id]")).to_have_count(K)
 
 
-def test_post_as_one_user_and_find_it_as_another(page, service):
-    be(page, "alice")
+def post_text(page, text: str) -> None:
     page.click("a[href='#post']")
-    page.fill("#post-text", "a purple elephant riding a bicycle")
+    page.fill("#post-text", text)
     with page.expect_response("**/index"):
         page.click("#post-submit")
     expect(page.locator("#post-status")).to_contain_text("Posted")
+
+
+def test_post_as_one_user_and_find_it_as_another(page, service):
+    be(page, "alice")
+    post_text(page, "a purple elephant riding a bicycle")
     teal = png_bytes((40, 190, 190), size=(160, 120), shape="circle")  # nobody else posted this one
     page.click("label[for=kind-image]")
     page.set_input_files("#post-file", {"name": "teal.png", "mimeType": "image/png", "buffer": teal})
@@ -421,11 +425,7 @@ def test_more_like_this_leaves_out_the_clicked_image_and_alt_text_says_what_it_s
 
 def test_post_status_clears_when_switching_kind_or_deleting(page, service):
     be(page, "frank")
-    page.click("a[href='#post']")
-    page.fill("#post-text", "a note that will be deleted")
-    with page.expect_response("**/index"):
-        page.click("#post-submit")
-    expect(page.locator("#post-status")).to_contain_text("Posted")
+    post_text(page, "a note that will be deleted")
     page.click("label[for=kind-image]")
     expect(page.locator("#post-status")).to_be_empty()
     page.click("label[for=kind-text]")

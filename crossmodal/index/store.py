@@ -265,14 +265,13 @@ class Store:
             records = self._db.execute("SELECT vid FROM items WHERE modality=? ORDER BY vid", (modality,)).fetchall()
         return np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
 
-    def iter_embeddings(self, modality: str, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(vids, embeddings) in chunks, so rebuilding a large index never holds two copies."""
+    def _iter_vectors(self, where: str, args: tuple, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         last = -1
         while True:
             with self._lock:
                 records = self._db.execute(
-                    "SELECT vid, embedding FROM items WHERE modality=? AND vid>? ORDER BY vid LIMIT ?",
-                    (modality, last, chunk),
+                    f"SELECT vid, embedding FROM items WHERE {where} AND vid>? ORDER BY vid LIMIT ?",
+                    (*args, last, chunk),
                 ).fetchall()
             if not records:
                 return
@@ -280,21 +279,14 @@ class Store:
             yield vids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in records])
             last = int(vids[-1])
 
+    def iter_embeddings(self, modality: str, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(vids, embeddings) in chunks, so rebuilding a large index never holds two copies."""
+        return self._iter_vectors("modality=?", (modality,), chunk)
+
     def iter_owner_embeddings(self, owner: str, modality: str, chunk: int = 10_000
                               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(vids, embeddings) of one owner's posts in chunks: a long history is never one query result."""
-        last = -1
-        while True:
-            with self._lock:
-                records = self._db.execute(
-                    "SELECT vid, embedding FROM items WHERE owner=? AND modality=? AND vid>? ORDER BY vid LIMIT ?",
-                    (owner, modality, last, chunk),
-                ).fetchall()
-            if not records:
-                return
-            vids = np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
-            yield vids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in records])
-            last = int(vids[-1])
+        return self._iter_vectors("owner=? AND modality=?", (owner, modality), chunk)
 
     def history(self, owner: str, modality: str, limit: Optional[int] = None) -> History:
         """The owner's posts, oldest first; with ``limit``, only the most recent ones."""

@@ -10,7 +10,7 @@ allow_model_libraries()  # the launcher blocks torch in every process it forks; 
 
 import torch  # noqa: E402
 from docarray import DocList  # noqa: E402
-from jina import Executor, requests  # noqa: E402
+from jina import requests  # noqa: E402
 from open_clip.utils import to_2tuple  # noqa: E402
 
 from crossmodal.api.schemas import ContentDoc  # noqa: E402
@@ -20,10 +20,11 @@ from crossmodal.model.batcher import ContinuousBatcher  # noqa: E402
 from crossmodal.model.encode import encode_pixels  # noqa: E402
 from crossmodal.model.resolve import resolve  # noqa: E402
 from crossmodal.model.towers import load_image_tower  # noqa: E402
+from crossmodal.serve.encoder_executor import EncoderExecutor  # noqa: E402
 from crossmodal.settings import ENCODER, LIMITS  # noqa: E402
 
 
-class ClipImageEncoder(Executor):
+class ClipImageEncoder(EncoderExecutor):
     """Holds only the vision tower; decoding runs in threads beside the model."""
 
     def __init__(self, model: Optional[str] = None, pretrained: Optional[str] = None,
@@ -40,7 +41,6 @@ class ClipImageEncoder(Executor):
         # JPEGs decode at reduced scale, never below what the model or the thumbnail needs
         self.decode_min_size = max(thumbnail_size, *to_2tuple(getattr(self.tower.module, "image_size", 224)))
         self.pool = ThreadPoolExecutor(decode_threads)
-        self.worker = ThreadPoolExecutor(1)  # the model runs in one thread, never blocking Jina's event loop
         self.batchers = {thumbs: ContinuousBatcher(partial(self._encode, with_thumbnail=thumbs), ENCODER.batch_docs,
                                                    self.worker) for thumbs in (True, False)}
 
@@ -85,12 +85,6 @@ class ClipImageEncoder(Executor):
         await self.batchers[False].run([d for d in docs if d.error is None and (d.blob or d.uri)])
         return docs
 
-    @requests(on="/recommend")
-    def recommend(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        """Pass-through: Jina requires every hop after the recommender to bind /recommend."""
-        return None
-
     def close(self) -> None:
-        self.worker.shutdown()
         self.pool.shutdown()
         super().close()

@@ -1,6 +1,5 @@
 """Jina adapter: CLIP text embeddings for text content and text queries."""
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from crossmodal.model.guard import allow_model_libraries
@@ -8,7 +7,7 @@ from crossmodal.model.guard import allow_model_libraries
 allow_model_libraries()  # the launcher blocks torch in every process it forks; this one runs the model
 
 from docarray import DocList  # noqa: E402
-from jina import Executor, requests  # noqa: E402
+from jina import requests  # noqa: E402
 
 from crossmodal.api.schemas import ContentDoc  # noqa: E402
 from crossmodal.api.validate import content_error, mark_error, query_error  # noqa: E402
@@ -16,10 +15,11 @@ from crossmodal.model.batcher import ContinuousBatcher  # noqa: E402
 from crossmodal.model.encode import encode_texts  # noqa: E402
 from crossmodal.model.resolve import resolve  # noqa: E402
 from crossmodal.model.towers import load_text_tower  # noqa: E402
+from crossmodal.serve.encoder_executor import EncoderExecutor  # noqa: E402
 from crossmodal.settings import ENCODER, LIMITS, Limits  # noqa: E402
 
 
-class ClipTextEncoder(Executor):
+class ClipTextEncoder(EncoderExecutor):
     """Holds only the text tower; validates content first since it is the Flow's first hop."""
 
     def __init__(self, model: Optional[str] = None, pretrained: Optional[str] = None,
@@ -29,7 +29,6 @@ class ClipTextEncoder(Executor):
         self.tower = load_text_tower(resolve(model or None, pretrained or None), device, precision=precision)
         self.batch_size = batch_size
         self.limits = Limits(max_text_chars=max_text_chars)
-        self.worker = ThreadPoolExecutor(1)  # the model runs in one thread, never blocking Jina's event loop
         self.batcher = ContinuousBatcher(self._encode, ENCODER.batch_docs, self.worker)
 
     def _encode(self, docs: list[ContentDoc]) -> None:
@@ -54,12 +53,3 @@ class ClipTextEncoder(Executor):
         self._validate(docs, query_error)
         await self.batcher.run([d for d in docs if d.error is None and not (d.blob or d.uri)])
         return docs
-
-    @requests(on="/recommend")
-    def recommend(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        """Pass-through: Jina requires every hop after the recommender to bind /recommend."""
-        return None
-
-    def close(self) -> None:
-        self.worker.shutdown()
-        super().close()
