@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from crossmodal.api.params import parse_refine_params
-from crossmodal.feedback.core import linear, rocchio
+from crossmodal.feedback.core import rocchio
+from crossmodal.feedback.search import direction as search_direction
 from crossmodal.feedback.search import refine
 from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.index.store import Item
@@ -73,15 +74,14 @@ def test_positives_alone_use_weak_negatives_from_the_collection(index):
 
 
 def test_linear_score_is_the_classifier_decision_value(index):
+    """Over embeddings centred on their modality's centre: ``w . x + offset[modality]``."""
     params = parse_refine_params({"k": 3, "positive": ["A-image-0"], "negative": ["C-image-0"],
                                   "modalities": ["image"]})
     found, _ = refine(index, QUERY, params)
-    positives = index.store.embeddings_by_id(["A-image-0"])["A-image-0"][1][None, :]
-    negatives = index.store.embeddings_by_id(["C-image-0"])["C-image-0"][1][None, :]
-    direction = linear(QUERY, positives, negatives, np.zeros(0), c=1.0)
+    direction, offsets, _, _ = search_direction(index, QUERY, "text", params)
     vectors = index.store.embeddings_by_id([m.row.id for m in found["image"]])
     for m in found["image"]:
-        assert m.score == pytest.approx(float(vectors[m.row.id][1] @ direction.w + direction.b), abs=1e-4)
+        assert m.score == pytest.approx(float(vectors[m.row.id][2] @ direction.w + offsets["image"]), abs=1e-4)
 
 
 def test_owner_exclusion_and_k_hold(index):
@@ -116,3 +116,38 @@ def test_label_errors_name_the_parameter(index, parameters, message):
 def test_bad_parameters_name_the_parameter(parameters, name):
     with pytest.raises(ValueError, match=name):
         parse_refine_params(parameters)
+
+
+class IndexClient:
+    """Answers /search and /refine like the Flow's indexer would, for a text query of QUERY."""
+
+    def __init__(self, index):
+        self.index, self.calls = index, []
+
+    def post(self, endpoint, docs, parameters, return_type):
+        from docarray import DocList
+
+        from crossmodal.api import convert
+        from crossmodal.api.params import parse_search_params
+        from crossmodal.api.schemas import ContentDoc
+
+        self.calls.append((endpoint, dict(parameters)))
+        [doc] = docs
+        if endpoint == "/search":
+            p = parse_search_params(parameters)
+            [found] = self.index.search(QUERY[None, :], "image", p.k)
+        else:
+            found = refine(self.index, QUERY, parse_refine_params(parameters))[0]["image"]
+        return DocList[ContentDoc]([ContentDoc(id=doc.id, status="ok", image_matches=convert.match_docs(found, {}))])
+
+
+def test_simulated_feedback_marks_what_it_saw_and_improves(index):
+    from crossmodal.train.feedback_eval import simulate
+
+    client = IndexClient(index)
+    relevant = {f"A-image-{i}" for i in range(20)}
+    [p0, p1] = simulate(client, [("q", "between A and B", relevant)], rounds=1, method="linear", k=10)
+    assert p0 < 1.0 and p1 == 1.0  # the first search mixes A and B; after one round only A is left
+    endpoint, params = client.calls[-1]
+    assert endpoint == "/refine" and len(params["positive"]) + len(params["negative"]) == 10
+    assert set(params["positive"]) <= relevant and not set(params["negative"]) & relevant

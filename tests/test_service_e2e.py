@@ -157,7 +157,7 @@ def test_refine_over_http_and_grpc_hides_marked_items(service):
     status, body = http_post(service["http"], "/refine", [query], {"k": 4, **marked})
     assert status == 200, body
     doc = body["data"][0]
-    assert doc["feedback"] == {"method": "linear", "positive": 1, "negative": 1, "weak_negatives": 0}
+    assert doc["feedback"] == {"method": "rocchio", "positive": 1, "negative": 1, "weak_negatives": 0}
     returned = {m["id"] for kind in ("text_matches", "image_matches") for m in doc[kind]}
     assert returned and not returned & {*marked["positive"], *marked["negative"]}
     [grpc_doc] = grpc_post(service, "/refine", [ContentDoc(id="q", text="a red square")], k=4, **marked)

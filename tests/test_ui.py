@@ -33,6 +33,7 @@ CAPTIONS = {
              "a green circle", "blue dots on paper", "a purple disc"],
 }
 K = 12
+MORE_LIKE_THIS = "button[title='Find more like this']"  # a result's own button (beside its marks)
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 DEMO_MODEL = ("--model", "demo-clip")  # the shipped checkpoint: results mean something
 
@@ -222,7 +223,7 @@ def test_dropped_image_searches_and_result_click_searches_more_like_it(page, ser
     show_all(page)
     text = page.locator("#search-results [data-kind=text] [data-id]").first
     caption, clicked = text.locator(".text").inner_text(), text.get_attribute("data-id")
-    text.locator("button").focus()
+    text.locator(MORE_LIKE_THIS).focus()
     wait_results(page, "/search", lambda: page.keyboard.press("Enter"))  # results work from the keyboard
     expect(page.locator("#q")).to_have_value(caption)
     assert clicked not in listed_ids(page, "text")  # more like this: the others, not the item itself
@@ -418,7 +419,7 @@ def test_more_like_this_leaves_out_the_clicked_image_and_alt_text_says_what_it_s
                                                         f"{first.locator('.owner').inner_text()[1:]})")
     alts = page.locator("#search-results [data-kind=image] img").evaluate_all("imgs => imgs.map(i => i.alt)")
     assert sum(" on a " in a for a in alts) >= K // 2, alts  # demo images are described by their caption
-    wait_results(page, "/search", lambda: first.locator("button").click())
+    wait_results(page, "/search", lambda: first.locator(MORE_LIKE_THIS).click())
     expect(page.locator("#search-results [data-kind=image] [data-id]")).to_have_count(K)
     assert clicked not in listed_ids(page, "image")
 
@@ -517,3 +518,63 @@ def test_page_recovers_by_itself_after_the_service_restarts(browser, tmp_path):
     finally:
         context.close()
         server.stop()
+
+
+def _image_alts(page) -> list[tuple[str, str]]:
+    return page.locator("#search-results [data-kind=image] img").evaluate_all(
+        "imgs => imgs.map(i => [i.closest('[data-id]').dataset.id, i.alt])")
+
+
+COLOUR_WORDS = ("red", "green", "blue", "yellow", "purple", "orange")
+
+
+def _has(item: str, alt: str, colour: str) -> bool:
+    """The demo images say their colour in the caption (alt), carol's and dave's in the id."""
+    return f" {colour} " in f" {alt} {item.replace('-', ' ')} "
+
+
+def _share(pairs, colour: str) -> float:
+    return sum(_has(item, alt, colour) for item, alt in pairs) / max(len(pairs), 1)
+
+
+def _mark(page, pairs, colour: str) -> set[str]:
+    """Mark each shown image: those of ``colour`` relevant, everything else not."""
+    for item, alt in pairs:
+        kind = "positive" if _has(item, alt, colour) else "negative"
+        page.locator(f"#search-results [data-id='{item}'] .mark.{kind}").click()
+    return {item for item, _ in pairs}
+
+
+def test_refine_with_marks_moves_results_towards_the_marked_kind(page):
+    """Relevance feedback as a person gives it: mark, refine, mark again, refine, start over.
+
+    The person wants circles of one colour: "circles" finds circles of every colour, they
+    mark the ones of the colour they want relevant and the others not, twice.
+    """
+    search_text(page, "circles")
+    show_all(page)  # broad queries score under the calibrated "likely" line
+    first = _image_alts(page)
+    colour = max(COLOUR_WORDS, key=lambda c: _share(first[:6], c))  # the colour they saw most of
+    assert _share(first, colour) < 1, first  # room to improve
+    expect(page.locator("#refine")).to_be_disabled()
+    marked = _mark(page, first[:6], colour)
+    expect(page.locator("#refine")).to_have_text("Refine (6 marks)")
+    wait_results(page, "/refine", lambda: page.click("#refine"))
+    show_all(page)
+    second = _image_alts(page)
+    shot(page, "refine-round-1")
+    assert not marked & {item for item, _ in second}, "marked results came back"
+    assert _share(second, colour) > _share(first, colour), (colour, first, second)
+    expect(page.locator("#feedback-hint")).to_contain_text("Round 1")
+    marked |= _mark(page, second[:6], colour)
+    expect(page.locator("#refine")).to_have_text(f"Refine ({len(marked)} marks)")  # marks persist across rounds
+    wait_results(page, "/refine", lambda: page.click("#refine"))
+    show_all(page)
+    third = _image_alts(page)
+    shot(page, "refine-round-2")
+    assert not marked & {item for item, _ in third}
+    assert _share(third, colour) > _share(first, colour), (colour, first, third)
+    expect(page.locator("#feedback-hint")).to_contain_text("Round 2")
+    wait_results(page, "/search", lambda: page.click("#start-over"))
+    expect(page.locator("#refine")).to_be_disabled()
+    assert _image_alts(page) == first  # the plain search again, marks gone

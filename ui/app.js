@@ -23,6 +23,8 @@
     k: K_DEFAULT, // the last valid "Results per kind"
     calibration: null, // the model's thresholds from /stats
     manualCutoff: false, // the person moved the cut-off: one threshold for every kind
+    marks: new Map(), // result id -> 'positive' | 'negative', kept across refine rounds until "Start over"
+    round: 0, // refine rounds done for the current query
   };
 
   function apiBase() {
@@ -227,9 +229,26 @@
 
   /* ---------------------------------------------------------------- results */
 
-  function imageTile(match, limits) {
+  /** "Relevant" / "Not relevant" toggles of one search result (relevance feedback). */
+  function markButtons(match) {
+    const toggle = (kind, label, symbol) => h('button', {
+      type: 'button', class: `mark ${kind}`, title: label, 'aria-label': `${label}: ${match.id}`,
+      'aria-pressed': String(state.marks.get(match.id) === kind),
+      onclick: (event) => {
+        state.marks.get(match.id) === kind ? state.marks.delete(match.id) : state.marks.set(match.id, kind);
+        for (const b of event.currentTarget.parentNode.children) {
+          b.setAttribute('aria-pressed', String(state.marks.get(match.id) === (b.classList.contains('positive') ? 'positive' : 'negative')));
+        }
+        showFeedbackBar();
+      },
+    }, symbol);
+    return h('span', { class: 'marks' }, toggle('positive', 'Relevant', '✓'), toggle('negative', 'Not relevant', '✗'));
+  }
+
+  function imageTile(match, limits, markable = false) {
     const usable = Boolean(match.thumbnail);
     return h('li', { class: 'tile-item', dataset: { score: match.score, id: match.id } },
+      markable ? markButtons(match) : null,
       h('button', {
         type: 'button', class: 'tile', disabled: !usable,
         title: usable ? 'Find more like this' : 'No preview stored for this image',
@@ -241,8 +260,9 @@
       h('span', { class: 'tile-meta' }, h('span', { class: 'owner' }, `@${match.owner}`), scoreBadge(match.score, limits))));
   }
 
-  function textItem(match, limits) {
+  function textItem(match, limits, markable = false) {
     return h('li', { class: 'text-item', dataset: { score: match.score, id: match.id } },
+      markable ? markButtons(match) : null,
       h('button', { type: 'button', class: 'text-button', title: 'Find more like this',
         onclick: () => searchWith({ text: match.text, source: match.id }) },
       h('span', { class: 'text' }, match.text || ''),
@@ -251,13 +271,13 @@
 
   /** Image grid and text list of one group of matches, side by side on wide screens.
    * `empty` gives the message for a kind without matches; without one that kind is left out. */
-  function matchSections(group, empty, level = 'h2', queryKind = null) {
+  function matchSections(group, empty, level = 'h2', queryKind = null, markable = false) {
     const section = (kind, title, matches, render, listClass) => {
       if (!matches.length && !empty) return null;
       const limits = queryKind ? thresholds(queryKind, kind) : null;
       return h('section', { class: 'matches', dataset: { kind }, id: `${kind}-results` },
         h(level, { class: 'section-title' }, `${title} `, h('span', { class: 'count' }, String(matches.length))),
-        matches.length ? h('ul', { class: listClass }, ...matches.map((m) => render(m, limits)))
+        matches.length ? h('ul', { class: listClass }, ...matches.map((m) => render(m, limits, markable)))
           : h('p', { class: 'muted empty' }, empty[kind]),
         h('p', { class: 'muted all-hidden', hidden: true }));
     };
@@ -275,7 +295,8 @@
     search(query);
   }
 
-  async function search(query) {
+  async function search(query, refining = false) {
+    if (!refining) { state.marks.clear(); state.round = 0; }
     state.query = query;
     showQueryImage(query);
     state.inFlight?.abort();
@@ -284,9 +305,12 @@
     const parameters = { k: state.k + (query.source ? 1 : 0), with_thumbnails: true }; // room for the item itself
     if (currentUser()) parameters.username = currentUser();
     const doc = query.text !== undefined ? { id: 'q', text: query.text } : { id: 'q', uri: query.uri };
+    const endpoint = refining ? '/refine' : '/search';
+    if (refining) Object.assign(parameters, labels());
     setBusy(results, true);
     try {
-      const [answer] = await call('/search', [doc], parameters, controller.signal);
+      const [answer] = await call(endpoint, [doc], parameters, controller.signal);
+      if (refining) state.round += 1;
       if (answer?.error) throw new ServiceError('rejected', `The service could not use this query: ${answer.error}`);
       renderSearch(dropSource(answer, query.source), query.text !== undefined ? 'text' : 'image');
     } catch (err) {
@@ -323,12 +347,44 @@
     const mine = who ? ` (your own posts, @${who}, are left out)` : '';
     results.replaceChildren(
       h('p', { class: 'no-close', role: 'status', hidden: true }),
+      feedbackBar(),
       jumpLinks(images.length, texts.length),
       matchSections(answer, {
         image: `No images from other people${mine}.`,
         text: `No texts from other people${mine}.`,
-      }, 'h2', queryKind));
+      }, 'h2', queryKind, true));
+    showFeedbackBar();
     resetCutoff([...images, ...texts].map((m) => m.score));
+  }
+
+  /* ------------------------------------------------------- relevance feedback */
+
+  function labels() {
+    const of = (kind) => [...state.marks].filter(([, v]) => v === kind).map(([id]) => id);
+    return { positive: of('positive'), negative: of('negative') };
+  }
+
+  /** "Refine (n marks)" runs /refine with every mark so far; marked results do not come back,
+   * and the marks stay for the next round until "Start over". */
+  function feedbackBar() {
+    return h('div', { class: 'feedback-bar', id: 'feedback-bar' },
+      h('span', { class: 'muted', id: 'feedback-hint' }),
+      h('button', { type: 'button', id: 'refine', class: 'primary', disabled: true,
+        onclick: () => state.query && search(state.query, true) }, 'Refine'),
+      h('button', { type: 'button', id: 'start-over', class: 'link', hidden: true,
+        onclick: () => state.query && search(state.query) }, 'Start over'));
+  }
+
+  function showFeedbackBar() {
+    const button = $('refine');
+    if (!button) return;
+    const n = state.marks.size;
+    button.disabled = n === 0;
+    button.textContent = n ? `Refine (${n} mark${n === 1 ? '' : 's'})` : 'Refine';
+    $('start-over').hidden = !n && !state.round;
+    $('feedback-hint').textContent = state.round
+      ? `Round ${state.round}: refined with your ${n} mark${n === 1 ? '' : 's'}; results you marked are left out.`
+      : 'Mark results ✓ relevant or ✗ not relevant, then refine.';
   }
 
   /** On a phone the texts come after every image: say they exist and jump there. */

@@ -314,17 +314,18 @@ class Store:
         with self._lock:
             return self._db.execute("SELECT COUNT(DISTINCT owner) FROM items").fetchone()[0]
 
-    def embeddings_by_id(self, ids: Sequence[str]) -> dict[str, tuple[int, np.ndarray]]:
-        """(vid, embedding) of the given caller ids; unknown ids are absent."""
+    def embeddings_by_id(self, ids: Sequence[str]) -> dict[str, tuple[int, str, np.ndarray]]:
+        """(vid, modality, embedding) of the given caller ids; unknown ids are absent."""
         if not len(ids):
             return {}
         marks = ",".join("?" * len(ids))
         with self._lock:
-            records = self._db.execute(f"SELECT id, vid, embedding FROM items WHERE id IN ({marks})", list(ids)).fetchall()
-        return {id_: (vid, np.frombuffer(blob, dtype=np.float32)) for id_, vid, blob in records}
+            records = self._db.execute(
+                f"SELECT id, vid, modality, embedding FROM items WHERE id IN ({marks})", list(ids)).fetchall()
+        return {id_: (vid, modality, np.frombuffer(blob, dtype=np.float32)) for id_, vid, modality, blob in records}
 
-    def sample_embeddings(self, n: int, seed: int) -> np.ndarray:
-        """About ``n`` embeddings drawn at random from the whole collection, reproducibly.
+    def sample_embeddings(self, n: int, seed: int) -> tuple[list[str], np.ndarray]:
+        """About ``n`` (modality, embedding) pairs drawn at random from the whole collection, reproducibly.
 
         Draws vids uniformly below the largest one and keeps those that exist, so it costs
         a primary-key lookup per draw instead of a scan (vids are dense but for deletions).
@@ -332,10 +333,12 @@ class Store:
         with self._lock:
             top = self._db.execute("SELECT MAX(vid) FROM items").fetchone()[0]
         if not top or n < 1:
-            return np.zeros((0, 0), np.float32)
+            return [], np.zeros((0, 0), np.float32)
         draws = np.random.default_rng(seed).choice(top, size=min(top, 4 * n), replace=False) + 1
-        found = self._by_vids("embedding", draws[: 4 * n])[:n]
-        return np.vstack([np.frombuffer(r[0], dtype=np.float32) for r in found]) if found else np.zeros((0, 0), np.float32)
+        found = self._by_vids("modality, embedding", draws)[:n]
+        if not found:
+            return [], np.zeros((0, 0), np.float32)
+        return [r[0] for r in found], np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in found])
 
     def owners(self, ids: Sequence[str]) -> dict[str, str]:
         """Owner by caller id, for the stored ones among ``ids``."""

@@ -16,7 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from crossmodal.inputs.captions import read_captions
-from crossmodal.train.evaluate import GroundTruth, index_ground_truth
+from crossmodal.settings import EVAL
+from crossmodal.train.evaluate import GroundTruth, ShortQueryTruth, index_ground_truth
 from crossmodal.train.metrics import precision_at_k
 
 METHODS = ("rocchio", "linear")
@@ -66,7 +67,9 @@ def evaluate_feedback(captions_csv: Path, images_dir: Path, model: Optional[str]
                       device: str = "auto") -> dict:
     """Index the captioned images, then simulate ``rounds`` of feedback per query set and method.
 
-    ``query_sets`` defaults to the distinct full captions; callers add others (short queries).
+    ``query_sets`` defaults to the distinct full captions and short queries drawn from the
+    held-out scenes (``EVAL.short_query_seed``). Only queries with enough relevant images for
+    every round to be perfect (10 per round, plus the first search) are kept.
     """
     from crossmodal.model.resolve import resolve
     from crossmodal.serve.flow import free_port, running_flow
@@ -75,8 +78,13 @@ def evaluate_feedback(captions_csv: Path, images_dir: Path, model: Optional[str]
     if rounds < 1:
         raise ValueError(f"--feedback: rounds must be >= 1, got {rounds}")
     start = time.time()
-    truth = GroundTruth(read_captions(Path(captions_csv), Path(images_dir)), Path(images_dir), "caption")
-    query_sets = query_sets or {"full captions": truth.text_queries}
+    rows = read_captions(Path(captions_csv), Path(images_dir))
+    truth = GroundTruth(rows, Path(images_dir), "caption")
+    depth = 10 * (rounds + 1)
+    if query_sets is None:
+        short = ShortQueryTruth(rows, Path(images_dir), EVAL.short_queries, EVAL.short_query_seed, depth)
+        query_sets = {"full captions": [q for q in truth.text_queries if len(q[2]) >= depth],
+                      "short queries": short.text_queries}
     spec = resolve(model, pretrained)
     with tempfile.TemporaryDirectory(prefix="crossmodal-feedback-") as workspace:
         cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,

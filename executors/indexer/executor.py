@@ -78,7 +78,7 @@ class CrossmodalIndexer(Executor):
         params = client_params(parse_refine_params, identity.as_user(parameters, self.auth))
         for doc in docs:
             if doc.error is None and doc.embedding is not None:
-                found, doc.feedback = refine(self.index, doc.embedding, params)
+                found, doc.feedback = refine(self.index, doc.embedding, params, "text" if doc.text else "image")
                 thumbs = self.index.thumbnails([m for ms in found.values() for m in ms]) if params.with_thumbnails else {}
                 for modality, matches in found.items():
                     setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
