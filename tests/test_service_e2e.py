@@ -162,6 +162,8 @@ def test_refine_over_http_and_grpc_hides_marked_items(service):
     assert returned and not returned & {*marked["positive"], *marked["negative"]}
     [grpc_doc] = grpc_post(service, "/refine", [ContentDoc(id="q", text="a red square")], k=4, **marked)
     assert [m.id for m in grpc_doc.image_matches] == [m["id"] for m in doc["image_matches"]]
+    [image_doc] = grpc_post(service, "/refine", [ContentDoc(id="qi", blob=png_bytes((200, 10, 10)))], k=4, **marked)
+    assert image_doc.status == "ok" and image_doc.feedback["positive"] == 1 and image_doc.image_matches  # image queries too
     status, body = http_post(service["http"], "/refine", [query], {"positive": ["no-such-id"]})
     assert status == 422 and body["field"] == "positive" and "unknown id" in body["detail"]
 
