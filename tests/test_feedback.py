@@ -67,7 +67,8 @@ def test_the_unrefined_query_mixes_kinds(index):
 
 
 def test_positives_alone_use_weak_negatives_from_the_collection(index):
-    params = parse_refine_params({"k": 5, "positive": ["B-text-0", "B-text-1"], "weak_negatives": 30})
+    params = parse_refine_params({"k": 5, "method": "linear", "positive": ["B-text-0", "B-text-1"],
+                                  "weak_negatives": 30})
     found, used = refine(index, QUERY, params)
     assert kinds(found["image"]) == ["B"] * 5 and kinds(found["text"]) == ["B"] * 5
     assert used["weak_negatives"] == 30 and used["negative"] == 0
@@ -75,8 +76,8 @@ def test_positives_alone_use_weak_negatives_from_the_collection(index):
 
 def test_linear_score_is_the_classifier_decision_value(index):
     """Over embeddings centred on their modality's centre: ``w . x + offset[modality]``."""
-    params = parse_refine_params({"k": 3, "positive": ["A-image-0"], "negative": ["C-image-0"],
-                                  "modalities": ["image"]})
+    params = parse_refine_params({"k": 3, "method": "linear", "positive": ["A-image-0"],
+                                  "negative": ["C-image-0"], "modalities": ["image"]})
     found, _ = refine(index, QUERY, params)
     direction, offsets, _, _ = search_direction(index, QUERY, "text", params)
     vectors = index.store.embeddings_by_id([m.row.id for m in found["image"]])
