@@ -174,3 +174,16 @@ def test_thumbnails_are_capped_per_response(tmp_path):
     assert len(index.thumbnails(matches)) == 5
     assert set(index.thumbnails(matches, limit=2)) == {m.row.vid for m in matches[:2]}
     index.close()
+
+
+def test_gateway_refuses_per_document_what_protobuf_cannot_carry():
+    """A number beyond protobuf's range in tags fails that document, not the request (fuzz finding)."""
+    from crossmodal.api.schemas import ContentDoc
+    from crossmodal.serve.gateway import _document_errors
+
+    docs = [ContentDoc(id="ok", owner="a", modality="text", text="fine", tags={"n": 1}),
+            ContentDoc(id="huge", owner="a", modality="text", text="x", tags={"n": 2**70}),
+            ContentDoc(id="forged", owner="a", modality="text", text="y", embedding=[1.0, 2.0])]
+    errors = _document_errors(docs, ContentDoc)
+    assert list(errors) == [1] and errors[1].error.startswith("tags: cannot be carried")
+    assert docs[2].embedding is None  # only the encoders make embeddings

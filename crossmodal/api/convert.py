@@ -27,7 +27,7 @@ def item(doc: ContentDoc) -> Item:
                 doc.tags or {}, doc.thumbnail)
 
 
-def _sendable(value: Optional[str]) -> Optional[str]:
+def sendable(value: Optional[str]) -> Optional[str]:
     """A stored string as it can travel (rows written before validation may hold anything)."""
     if string_error("", value) is None:
         return value
@@ -40,8 +40,8 @@ def match_doc(match: Match, thumbnail: Optional[str] = None, seed: Optional[Seed
     row = match.row
     tags = row.tags if tags_error(row.tags) is None else {"invalid_tags": tags_error(row.tags)}
     return MatchDoc(
-        id=_sendable(row.id), owner=_sendable(row.owner), modality=row.modality, score=match.score,
-        text=_sendable(row.text), uri=_sendable(row.uri), tags=tags, thumbnail=thumbnail,
+        id=sendable(row.id), owner=sendable(row.owner), modality=row.modality, score=match.score,
+        text=sendable(row.text), uri=sendable(row.uri), tags=tags, thumbnail=thumbnail,
         seed=f"{seed.modality}:{seed.kind}:{seed.cluster}" if seed else None,
         cluster=seed.cluster if seed else None,
     )

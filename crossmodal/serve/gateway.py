@@ -141,27 +141,23 @@ def _client_error(status):
 
 
 def _carry_error(doc) -> Optional[str]:
-    """Why a document cannot be serialised for the executors (numbers beyond protobuf's
-    range in ``tags``, ...), naming the field where it can, or None."""
+    """Why a document's ``tags`` (the one free-form field) cannot be serialised for the
+    executors, e.g. integers beyond protobuf's range, or None. Only the tags are tried: the
+    other fields are typed, and the bytes of an image need not be serialised twice."""
+    if not doc.tags:
+        return None
     try:
-        doc.to_protobuf()
+        type(doc)(tags=doc.tags).to_protobuf()
         return None
     except (ValueError, TypeError, OverflowError) as err:
-        reason = str(err)[:200]
-    if doc.tags:
-        try:
-            doc.copy(update={"tags": None}).to_protobuf()
-            return f"tags: cannot be carried ({reason})"
-        except (ValueError, TypeError, OverflowError):
-            pass
-    return f"document: cannot be carried ({reason})"
+        return f"tags: cannot be carried ({str(err)[:200]})"
 
 
 def _document_errors(docs, doc_type) -> dict:
     """Position -> error document for documents that could not even travel to an executor
     (invalid Unicode, NUL, tags too deep or numbers too large for protobuf); their siblings
     go on. Embeddings a client sent are dropped first: only the encoders make embeddings."""
-    from crossmodal.api.convert import _sendable
+    from crossmodal.api.convert import sendable
     from crossmodal.api.validate import strings_error
 
     errors = {}
@@ -170,7 +166,7 @@ def _document_errors(docs, doc_type) -> dict:
             doc.embedding = None
         error = strings_error(doc) or _carry_error(doc)
         if error:
-            errors[i] = doc_type(id=_sendable(doc.id), status="error", error=error)
+            errors[i] = doc_type(id=sendable(doc.id), status="error", error=error)
     return errors
 
 
