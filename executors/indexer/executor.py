@@ -61,11 +61,8 @@ class CrossmodalIndexer(Executor):
         ready = [d for d in docs if d.error is None and d.embedding is not None]
         found = {modality: self.index.search([d.embedding for d in ready], modality, params.k, params.username)
                  if modality in params.modalities else [[] for _ in ready] for modality in MODALITIES}
-        every = [m for by_query in found.values() for ms in by_query for m in ms]
-        thumbs = self.index.thumbnails(every) if params.with_thumbnails else {}
-        for modality, by_query in found.items():
-            for doc, matches in zip(ready, by_query):
-                setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
+        self._attach([(doc, {m: found[m][i] for m in MODALITIES}) for i, doc in enumerate(ready)],
+                     params.with_thumbnails)
         for doc in docs:
             if doc.error is None:
                 doc.status = "ok"
@@ -76,15 +73,24 @@ class CrossmodalIndexer(Executor):
     def refine(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
         """``/search`` again with the person's marks (see crossmodal/feedback)."""
         params = client_params(parse_refine_params, identity.as_user(parameters, self.auth))
+        answers = []
         for doc in docs:
             if doc.error is None and doc.embedding is not None:
                 found, doc.feedback = refine(self.index, doc.embedding, params, "text" if doc.text else "image")
-                thumbs = self.index.thumbnails([m for ms in found.values() for m in ms]) if params.with_thumbnails else {}
-                for modality, matches in found.items():
-                    setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
-                doc.status = "ok"
+                answers.append((doc, found))
             doc.embedding = doc.blob = None
+        self._attach(answers, params.with_thumbnails)
         return docs
+
+    def _attach(self, answers: list, with_thumbnails: bool) -> None:
+        """Each query's matches (modality -> matches) onto its document; thumbnails, when asked
+        for, come from one store read for the whole request (and its per-response cap)."""
+        every = [m for _, found in answers for matches in found.values() for m in matches]
+        thumbs = self.index.thumbnails(every) if with_thumbnails else {}
+        for doc, found in answers:
+            for modality, matches in found.items():
+                setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
+            doc.status = "ok"
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
