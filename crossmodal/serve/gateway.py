@@ -222,31 +222,6 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
     streamer.stream_docs = stream_docs
 
 
-def unroutable(streamer) -> None:
-    """gRPC: clear any ``target_executor`` a client set, so every request passes the whole
-    Flow (the encoders make every embedding the indexer stores)."""
-    original_stream, original_single = streamer.rpc_stream, streamer.process_single_data
-
-    def cleared(request):
-        request.header.target_executor = ""
-        return request
-
-    def rpc_stream(*args, request_iterator, **kwargs):
-        if hasattr(request_iterator, "__aiter__"):
-            async def requests():
-                async for request in request_iterator:
-                    yield cleared(request)
-        else:
-            requests = None
-            request_iterator = (cleared(r) for r in request_iterator)
-        return original_stream(*args, request_iterator=requests() if requests else request_iterator, **kwargs)
-
-    async def process_single_data(request, context=None):
-        return await original_single(cleared(request), context)
-
-    streamer.rpc_stream, streamer.process_single_data = rpc_stream, process_single_data
-
-
 def add_ui(app, ui_dir: Path = UI_DIR, path: str = UI_PATH):
     """Mount the page on a FastAPI app and send browsers that open ``/`` to it.
 
@@ -332,6 +307,5 @@ class CrossmodalGateway(CompositeGateway):
         CompositeBaseServer.__init__(self, **kwargs)
         self.servers = [server_class(args["runtime_args"]["protocol"])(**args) for args in self._server_kwargs]
         self.gateways = self.servers  # the name Jina's older code reads
-        for server in self.servers:
-            if not isinstance(server, UIHTTPGateway) and hasattr(server, "streamer"):
-                unroutable(server.streamer)
+        # client routing (target_executor) is cleared on gRPC by the auth interceptor, which
+        # runs whether or not tokens are required (crossmodal/serve/auth.py)
