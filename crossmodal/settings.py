@@ -137,6 +137,10 @@ class ServiceConfig:
     # after Ctrl-C/SIGTERM the Flow closes gracefully for this long, then what is left is killed
     stop_grace_s: float = 8.0
     auth: bool = False  # every endpoint needs a token (app.py turns it on off loopback)
+    # scale-out (issue 16): the indexer runs as `shards` processes, each owning the ids that
+    # hash onto it (crossmodal/index/shards.py); each encoder runs as `replicas` processes
+    shards: int = 1
+    replicas: int = 1
 
 
 @dataclass(frozen=True)
