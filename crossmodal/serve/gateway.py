@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:  # py_modules loading does not put the repository 
     sys.path.insert(0, str(ROOT))
 
 from crossmodal.serve.auth import Authenticator, GRPCAuthInterceptor, add_http_auth  # noqa: E402
+from crossmodal.serve.orchestrate import orchestrate  # noqa: E402
 from crossmodal.settings import LIMITS, Limits  # noqa: E402
 
 UI_DIR = ROOT / "ui"
@@ -254,6 +255,7 @@ class UIHTTPGateway(HTTPGateway):
         from starlette.responses import JSONResponse
 
         answer_whole(self.streamer)
+        orchestrate(self.streamer)
         app = add_ui(super().app)
 
         @app.exception_handler(Refused)
@@ -287,6 +289,7 @@ class AuthGRPCGateway(GRPCGateway):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        orchestrate(self.streamer)
         interceptors = list(self.grpc_tracing_server_interceptors or [])
         self.grpc_tracing_server_interceptors = [GRPCAuthInterceptor(Authenticator.from_env()), *interceptors]
 
