@@ -11,7 +11,10 @@ import signal
 import sqlite3
 
 import pytest
+from docarray import DocList
+from jina import Client
 
+from crossmodal.api.schemas import ContentDoc
 from crossmodal.index.shards import shard_dir, shard_of
 from tests.harness import TINY_MODEL, Server, data_uri, free_port, http_post, png_bytes, run_app
 
@@ -94,12 +97,17 @@ def _stored(workspace, shards: int) -> dict[str, int]:
     return where
 
 
-@pytest.mark.parametrize("shards", [2, 4])
-def test_sharded_service_answers_as_one_shard(reference, shards):
+@pytest.mark.parametrize("shards, extra", [(2, ("--replicas", "2")), (4, ())])
+def test_sharded_service_answers_as_one_shard(reference, shards, extra):
     workspace, expected = _resharded(reference, shards), reference[2]
-    with Server(workspace, free_port(), free_port(), *MODEL, "--shards", str(shards)) as server:
+    with Server(workspace, free_port(), free_port(), *MODEL, "--shards", str(shards), *extra) as server:
         got = answers(server.http_port)
         assert got == expected
+        grpc = Client(host="127.0.0.1", port=server.grpc_port).post(
+            "/recommend", DocList[ContentDoc]([ContentDoc(id="r")]), parameters=RECOMMEND,
+            return_type=DocList[ContentDoc])
+        assert [(m.id, round(m.score, 4)) for m in grpc[0].from_text.text_matches] == expected[
+            ("recommend", "from_text", "text")]
         _, body = http_post(server.http_port, "/stats", [])
         assert [s["shard"] for s in body["data"][0]["tags"]["shards"]] == list(range(shards))
         # writes: a new item, an existing id again, a delete: each reaches the one owning shard
