@@ -19,6 +19,10 @@ UI_DIR = ROOT / "ui"
 
 MODALITIES = ("text", "image")
 
+# The gateway stamps every /index request with its time under this parameter (overwriting any
+# client value), so that all indexer shards record one posting time, as a single indexer would.
+POSTED_AT = "__posted_at__"
+
 # Executors are reached only through the gateway, which checks tokens: they never listen
 # beyond loopback, whatever --host the gateway serves on.
 EXECUTOR_HOST = "127.0.0.1"

@@ -439,19 +439,32 @@ def test_post_status_clears_when_switching_kind_or_deleting(page, service):
     expect(page.locator("#post-status")).to_be_empty()
 
 
-def test_interests_are_numbered_in_order_and_worded_right(page, service):
+def test_interests_are_named_by_the_posts_that_form_them(page, service):
     be(page, "dave")
     wait_results(page, "/recommend", lambda: page.click("a[href='#foryou']"))
-    titles = page.locator("#foryou-results .interest h2").all_inner_texts()
+    cards = page.locator("#foryou-results .interest")
+    titles = cards.locator("h2").all_inner_texts()
     assert titles
-    for kind in ("text", "image"):
-        numbered = [t for t in titles if t.startswith(f"Your {kind} interest")]
-        assert numbered == [f"Your {kind} interest {i}" for i in range(1, len(numbered) + 1)], titles
-    assert any("interest" in t for t in titles), titles
+    # an interest is named by dave's most typical post in it: one of his captions, or his picture
+    named = [t for t in titles if t.startswith("Because you posted")]
+    assert named, titles
+    for title in named:
+        assert title == "Because you posted this image" or title[len("Because you posted "):].strip("“”") in CAPTIONS[
+            "dave"], title
+    pictures = page.locator("#foryou-results .interest img.badge.picture")
+    if "Because you posted this image" in titles:
+        assert pictures.count() >= 1 and pictures.first.get_attribute("src").startswith("data:image/jpeg;base64,")
+    # and says which of his posts form it (ids: these posts were not made from this browser)
+    members = page.locator("#foryou-results .interest details.members")
+    assert members.count() >= 1
+    members.first.locator("summary").click()
+    listed = members.first.locator("li code").all_inner_texts()
+    assert listed and all(i.startswith("dave-") for i in listed), listed
     words = page.locator("#foryou-results .words").all_inner_texts()  # scores in words here too
     assert words and set(words) <= {"close match", "likely match", "weak match"}
     expect(page.locator("#foryou-results")).not_to_contain_text("a image")
     expect(page.locator("#foryou-results")).not_to_contain_text("#")
+    shot(page, "foryou-named")
 
 
 def test_phone_layout_keeps_posts_on_screen_and_points_to_the_texts(browser, service):

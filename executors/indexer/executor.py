@@ -14,7 +14,7 @@ from jina import Executor, requests
 from crossmodal.api import convert, identity, merge
 from crossmodal.api.params import parse_recommend_params, parse_refine_params, parse_search_params
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error
+from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error, posted_at
 from crossmodal.feedback.search import Marks, gather_marks, refine
 from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.index.shards import shard_dir, shard_of
@@ -74,7 +74,8 @@ class CrossmodalIndexer(Executor):
                 mark_error(doc, error)
             else:
                 ready.append(doc)
-        for doc, status in zip(ready, self.index.upsert([convert.item(d) for d in ready])):
+        for doc, status in zip(ready, self.index.upsert([convert.item(d) for d in ready],
+                                                        posted_at(kwargs.get("parameters")))):
             if status == "duplicate":
                 mark_error(doc, f"id: {doc.id!r} comes again later in this request; the last copy was stored")
             else:
@@ -169,13 +170,18 @@ class CrossmodalIndexer(Executor):
             return merge.recommend_answer([docs], params, self.index.config.dim)
         return self._stamped(docs)
 
-    @requests(on="/thumbnails")
-    def thumbnails(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        """The stored thumbnails of the image ids asked for (after /recommend, which picks without)."""
+    @requests(on="/items")
+    def items(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        """Modality, text and thumbnail of the ids asked for (after /recommend, which picks
+        without thumbnails and names each interest by one of the user's posts)."""
         mine = self._mine(docs)
-        found = self.index.store.thumbnails_by_id([d.id for d in mine][:LIMITS.max_thumbnails_per_response])
+        found = self.index.store.previews([d.id for d in mine][:LIMITS.max_thumbnails_per_response])
         for doc in mine:
-            doc.thumbnail = found.get(doc.id)
+            if doc.id in found:
+                doc.modality, doc.text, doc.thumbnail = found[doc.id]
+                doc.status = "ok"
+            else:
+                doc.status = "not_found"
         return self._stamped(docs)
 
     @requests(on="/delete")
