@@ -182,19 +182,23 @@ AUTH_HEADER = '-H "Authorization: Bearer $TOKEN" '
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from crossmodal.serve.flow import build_flow, started, stop_on_signals
+    from crossmodal.serve.flow import build_flow, metrics_ports, started, stop_on_signals
     from crossmodal.serve.shutdown import hard_stop_after
 
     cfg = service_config(args)
     if cfg.auth:
         users_check(cfg)
-    with started(build_flow(cfg)), stop_on_signals() as stop:
+    with started(build_flow(cfg)) as flow, stop_on_signals() as stop:
         base = f"http://{cfg.host}:{cfg.http_port}"
+        metrics = "" if cfg.metrics_port is None else (
+            "  metrics: " + ", ".join(f"{name} :{port}" for name, port in metrics_ports(flow).items())
+            + "   (Prometheus text at GET http://HOST:PORT/)\n")
         print(f"\ncrossmodal is serving (Ctrl-C to stop)\n"
               f"  gRPC : {cfg.host}:{cfg.grpc_port}   (jina Client(host='{cfg.host}', port={cfg.grpc_port}))\n"
               f"  HTTP : {base}   (OpenAPI docs: {base}/docs)\n"
               f"  Web  : {base}/ui/\n"
               f"  auth : {'on: send Authorization: Bearer <token> (create one: -t adduser NAME)' if cfg.auth else 'off'}\n"
+              f"{metrics}"
               f"  try  : curl -s -X POST {base}/search -H 'Content-Type: application/json' "
               f"{AUTH_HEADER if cfg.auth else ''}"
               f"-d '{{\"data\": [{{\"id\": \"q1\", \"text\": \"two large red circles on a grey background\"}}], "

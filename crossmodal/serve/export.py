@@ -91,7 +91,8 @@ def containerised(flow_yaml: dict, env: dict[str, str], fmt: str, image: str, cf
     flow = expand(copy.deepcopy(flow_yaml), env)
     docker = f"docker://{image}"
     configs = {"gateway": f"{ops.image_root}/{ops.gateway_config}"}
-    shared_env = {k: env[k] for k in ("CROSSMODAL_AUTH", "CROSSMODAL_WORKSPACE", KEY_ENV) if env.get(k)}
+    shared_env = {k: env[k] for k in ("CROSSMODAL_AUTH", "CROSSMODAL_WORKSPACE", "CROSSMODAL_REQUEST_LOG", KEY_ENV)
+                  if env.get(k)}
     shared_env.update({"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
                        "JINA_LOG_LEVEL": env.get("JINA_LOG_LEVEL", "ERROR"), "PYTHONUNBUFFERED": "1"})
     secret = ({KEY_ENV: {"name": ops.k8s_secret, "key": ops.k8s_secret_key}} if fmt == "k8s" else None)
@@ -110,6 +111,8 @@ def containerised(flow_yaml: dict, env: dict[str, str], fmt: str, image: str, cf
     flow["gateway"] = {"uses": docker, "env": dict(shared_env), **({"env_from_secret": secret} if secret else {})}
     if cfg.metrics_port is not None:
         flow["with"].update(monitoring=True, port_monitoring=cfg.metrics_port)
+    else:  # no random local port in the files
+        flow["with"].pop("monitoring", None), flow["with"].pop("port_monitoring", None)
     return flow, configs
 
 

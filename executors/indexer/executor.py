@@ -14,6 +14,7 @@ from crossmodal.feedback.search import refine
 from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.model.calibration import Calibration
 from crossmodal.recommend.pick import recommend
+from crossmodal.serve.metrics import IndexMetrics
 from crossmodal.settings import INDEX, MODALITIES
 
 
@@ -35,6 +36,8 @@ class CrossmodalIndexer(Executor):
                                               ef_search, nprobe, ef_construction=ef_construction))
         self.auth = identity.flag(auth)
         self.calibration = Calibration.from_json(calibration)  # the model's thresholds
+        self.metrics = IndexMetrics.of(self.runtime_args)
+        self.metrics.sizes(self.index.stats()["count"])
 
     @requests(on="/index")
     def index_docs(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
@@ -51,6 +54,8 @@ class CrossmodalIndexer(Executor):
                 mark_error(doc, f"id: {doc.id!r} comes again later in this request; the last copy was stored")
             else:
                 doc.status = status
+        self.metrics.stored(d.status for d in ready)
+        self.metrics.sizes(self.index.stats()["count"])
         for doc in docs:
             doc.embedding = doc.thumbnail = doc.blob = None
         return docs
@@ -110,6 +115,7 @@ class CrossmodalIndexer(Executor):
         docs_allowed = identity.deletable(docs, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
         for doc, status in zip(docs_allowed, self.index.delete([d.id for d in docs_allowed])):
             doc.status = status
+        self.metrics.sizes(self.index.stats()["count"])
         return docs
 
     @requests(on="/stats")
