@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="FAISS factory string: Flat, HNSW32, IVF1024,Flat ...")
     p.add_argument("--precision", default=DEFAULTS.precision, choices=["fp32", "int8"],
                    help="text encoder on CPU: exact fp32 (default) or int8 dynamic quantisation (faster, approximate)")
+    p.add_argument("--shards", type=int, default=DEFAULTS.shards,
+                   help="index/query: the indexer runs as N shards, each owning part of the ids (WORKSPACE/shard-<i>)")
+    p.add_argument("--replicas", type=int, default=DEFAULTS.replicas,
+                   help="index/query: each encoder runs as M replicas")
     p.add_argument("--data-root", action="append", default=[], dest="data_roots",
                    help="folder whose images requests may name by local path (repeatable)")
     p.add_argument("--owner", default="demo", help="owner of items whose source names none")
@@ -89,7 +93,8 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
         http_port=args.http_port or (DEFAULTS.http_port if serving else free_port()),
         host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots), precision=args.precision,
-        auth=serving and auth_wanted(args), metrics_port=args.metrics,
+        auth=serving and auth_wanted(args), shards=args.shards, replicas=args.replicas,
+        metrics_port=args.metrics,
     )
 
 

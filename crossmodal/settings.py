@@ -173,6 +173,11 @@ class OpsSettings:
 
 OPS = OpsSettings()
 
+    def __post_init__(self):
+        for name in ("shards", "replicas"):
+            if not 1 <= getattr(self, name) <= 64:
+                raise ValueError(f"--{name} must be in 1..64, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class EvalSettings:

@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:  # py_modules loading does not put the repository 
 
 from crossmodal.serve import requestlog  # noqa: E402
 from crossmodal.serve.auth import OPEN_GRPC_SERVICES, Authenticator, GRPCAuthInterceptor, add_http_auth  # noqa: E402
+from crossmodal.serve.orchestrate import orchestrate  # noqa: E402
 from crossmodal.settings import LIMITS, Limits  # noqa: E402
 
 UI_DIR = ROOT / "ui"
@@ -255,6 +256,7 @@ class UIHTTPGateway(HTTPGateway):
         from starlette.responses import JSONResponse
 
         answer_whole(self.streamer)
+        orchestrate(self.streamer)
         if requestlog.enabled():
             requestlog.count_streamer(self.streamer)  # inside the token check's wrapper: sees the user
         app = add_ui(super().app)
@@ -293,6 +295,7 @@ class AuthGRPCGateway(GRPCGateway):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        orchestrate(self.streamer)
         interceptors = list(self.grpc_tracing_server_interceptors or [])
         logged = [requestlog.GRPCRequestLog(OPEN_GRPC_SERVICES)] if requestlog.enabled() else []
         self.grpc_tracing_server_interceptors = [*logged, GRPCAuthInterceptor(Authenticator.from_env()), *interceptors]
