@@ -146,6 +146,11 @@ class ServiceConfig:
     metrics_port: Optional[int] = None
     request_log: bool = True  # one JSON line per request on the gateway's stderr (crossmodal/serve/requestlog.py)
 
+    def __post_init__(self):
+        for name in ("shards", "replicas"):
+            if not 1 <= getattr(self, name) <= 64:
+                raise ValueError(f"--{name} must be in 1..64, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class OpsSettings:
@@ -172,11 +177,6 @@ class OpsSettings:
 
 
 OPS = OpsSettings()
-
-    def __post_init__(self):
-        for name in ("shards", "replicas"):
-            if not 1 <= getattr(self, name) <= 64:
-                raise ValueError(f"--{name} must be in 1..64, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
