@@ -259,9 +259,11 @@ def test_k8s_has_startup_readiness_and_liveness_probes_everywhere(k8s):
 def test_k8s_takes_the_signing_key_from_a_secret(k8s):
     docs, _, _ = k8s
     for doc in workloads(docs):
-        env = {e["name"]: e for e in main_container(doc)["env"]}
-        ref = env["CROSSMODAL_AUTH_KEY"]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": OPS.k8s_secret, "key": OPS.k8s_secret_key}
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            ref = env["CROSSMODAL_AUTH_KEY"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": OPS.k8s_secret, "key": OPS.k8s_secret_key}
+            assert container["envFrom"], "the shared settings come from the ConfigMap"
     for doc in docs:
         if doc["kind"] == "ConfigMap":
             assert "CROSSMODAL_AUTH_KEY" not in doc["data"]

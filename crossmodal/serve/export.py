@@ -84,6 +84,15 @@ def expand(value: Any, env: dict[str, str]) -> Any:
     return lookup(whole) if whole else _ENV_REF.sub(lookup, value)
 
 
+def service_env(env: dict[str, str]) -> dict[str, str]:
+    """What every service reads from its environment (the gateway: auth, users, request log;
+    executors: the key that signs the acting user)."""
+    shared = {k: env[k] for k in ("CROSSMODAL_AUTH", "CROSSMODAL_WORKSPACE", "CROSSMODAL_REQUEST_LOG", KEY_ENV)
+              if env.get(k)}
+    return {**shared, "JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
+            "JINA_LOG_LEVEL": env.get("JINA_LOG_LEVEL", "ERROR"), "PYTHONUNBUFFERED": "1"}
+
+
 def containerised(flow_yaml: dict, env: dict[str, str], fmt: str, image: str, cfg: ServiceConfig,
                   ops: OpsSettings = OPS) -> tuple[dict, dict[str, str]]:
     """The Flow YAML with every executor and the gateway in ``image``, and, by Jina runtime
@@ -91,10 +100,7 @@ def containerised(flow_yaml: dict, env: dict[str, str], fmt: str, image: str, cf
     flow = expand(copy.deepcopy(flow_yaml), env)
     docker = f"docker://{image}"
     configs = {"gateway": f"{ops.image_root}/{ops.gateway_config}"}
-    shared_env = {k: env[k] for k in ("CROSSMODAL_AUTH", "CROSSMODAL_WORKSPACE", "CROSSMODAL_REQUEST_LOG", KEY_ENV)
-                  if env.get(k)}
-    shared_env.update({"JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
-                       "JINA_LOG_LEVEL": env.get("JINA_LOG_LEVEL", "ERROR"), "PYTHONUNBUFFERED": "1"})
+    shared_env = service_env(env)
     secret = ({KEY_ENV: {"name": ops.k8s_secret, "key": ops.k8s_secret_key}} if fmt == "k8s" else None)
     for executor in flow["executors"]:
         configs[executor["name"]] = executor["uses"]
@@ -157,13 +163,14 @@ def _is_stateful(runtime_name: str, ops: OpsSettings) -> bool:
 
 
 # -- Docker Compose ----------------------------------------------------------------------------
-def patch_compose(doc: dict, configs: dict[str, str], ops: OpsSettings = OPS) -> dict:
+def patch_compose(doc: dict, configs: dict[str, str], shared_env: dict[str, str], ops: OpsSettings = OPS) -> dict:
     volumes = {}
     executors = []
     health = {"interval": f"{ops.healthcheck_interval_s}s", "timeout": "10s", "retries": 3,
               "start_period": f"{ops.healthcheck_start_s}s"}
     for name, service in doc["services"].items():
-        service["environment"] = list({e.split("=", 1)[0]: e for e in service.get("environment", [])}.values())
+        env = [*service.get("environment", []), *(f"{k}={v}" for k, v in shared_env.items())]  # Jina drops it on mergers
+        service["environment"] = list({e.split("=", 1)[0]: e for e in env}.values())
         args = service["command"]
         _point_uses(args, configs)
         service["command"] = [a.replace("$", "$$") if KEY_ENV not in a else a for a in args]
@@ -233,6 +240,10 @@ def patch_k8s_doc(doc: dict, configs: dict[str, str], ops: OpsSettings = OPS) ->
             main = container
             runtime = "gateway" if args[0] == "gateway" else _arg(args, "--name")
             role = _arg(args, "--pod-role")
+    for container in pod["containers"]:  # the merger beside a head gets no environment from Jina
+        if container is not main:
+            container.setdefault("envFrom", main.get("envFrom", []))
+            container.setdefault("env", [e for e in main.get("env", []) if e["name"] == KEY_ENV])
     if runtime == "gateway":
         claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                  "metadata": {"name": "gateway-workspace", "namespace": doc["metadata"]["namespace"]},
@@ -274,8 +285,8 @@ def export(cfg: ServiceConfig, fmt: str, out: Path, image: str = OPS.image, ops:
         if fmt == "compose":
             path = out / COMPOSE_FILE
             flow.to_docker_compose_yaml(str(path), network_name="crossmodal")
-            path.write_text(yaml.safe_dump(patch_compose(yaml.safe_load(path.read_text()), configs, ops),
-                                           sort_keys=False))
+            patched = patch_compose(yaml.safe_load(path.read_text()), configs, service_env(env), ops)
+            path.write_text(yaml.safe_dump(patched, sort_keys=False))
             return [path]
         flow.to_kubernetes_yaml(str(out), k8s_namespace=ops.k8s_namespace)
         return patch_k8s(out, configs, ops)
