@@ -243,7 +243,8 @@ def patch_k8s_doc(doc: dict, configs: dict[str, str], ops: OpsSettings = OPS) ->
     for container in pod["containers"]:  # the merger beside a head gets no environment from Jina
         if container is not main:
             container.setdefault("envFrom", main.get("envFrom", []))
-            container.setdefault("env", [e for e in main.get("env", []) if e["name"] == KEY_ENV])
+            have = {e["name"] for e in container.setdefault("env", [])}
+            container["env"] += [e for e in main.get("env", []) if e["name"] == KEY_ENV and KEY_ENV not in have]
     if runtime == "gateway":
         claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                  "metadata": {"name": "gateway-workspace", "namespace": doc["metadata"]["namespace"]},
