@@ -6,6 +6,8 @@
     python app.py -t finetune --data DIR --out DIR   # contrastive fine-tuning (open_clip loss)
     python app.py -t eval --data DIR                 # Precision/Recall/nDCG@K through the Flow
     python app.py -t adduser NAME [--admin]          # create a user, print its token once
+    python app.py -t query --shards 2 --replicas 2   # the indexer in 2 shards, 2 of each encoder
+    python app.py -t reshard --shards 4              # redistribute a stopped workspace over 4 shards
     python app.py -t export --format compose --out deploy   # Docker Compose / Kubernetes files
 """
 from __future__ import annotations
@@ -36,7 +38,8 @@ DEMO_DATA = Path(__file__).resolve().parent / "data" / "demo"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-t", "--task", required=True, choices=["index", "query", "finetune", "eval", "adduser", "export"])
+    p.add_argument("-t", "--task", required=True,
+                   choices=["index", "query", "finetune", "eval", "adduser", "reshard", "export"])
     p.add_argument("name", nargs="?", help="adduser: the new user's name")
     p.add_argument("--admin", action="store_true", help="adduser: the user may act for anyone")
     auth = p.add_mutually_exclusive_group()
@@ -134,6 +137,21 @@ def run_adduser(args: argparse.Namespace) -> int:
         users.close()
     print(f"{'admin ' if args.admin else ''}user {args.name!r} added to {args.workspace}. Its token, shown only once:\n"
           f"{token}")
+    return 0
+
+
+def run_reshard(args: argparse.Namespace) -> int:
+    """Runs without the model stack: it copies rows between SQLite stores."""
+    from crossmodal.index.reshard import reshard
+    from crossmodal.index.store import WorkspaceError
+
+    try:
+        before, after = reshard(args.workspace, args.shards)
+    except WorkspaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.workspace}: {sum(before)} items on {len(before)} shard(s) {before} -> "
+          f"{sum(after)} items on {len(after)} shard(s) {after}")
     return 0
 
 
@@ -266,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.task == "adduser":
         return run_adduser(args)
+    if args.task == "reshard":
+        return run_reshard(args)
     if args.task != "finetune":  # this process and the Flow's, forked from it, run no model
         from crossmodal.model.guard import block_model_libraries
 

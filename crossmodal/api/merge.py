@@ -21,6 +21,27 @@ from crossmodal.settings import LIMITS, MODALITIES
 Shards = Sequence[DocList[ContentDoc]]
 
 
+class ShardUnavailable(RuntimeError):
+    """A shard did not answer: Jina's head goes on with the others, but an answer without a
+    shard's part would be silently incomplete (a search missing results, a post not stored)."""
+
+
+def check_shards(shards: Shards, expected: int) -> Shards:
+    """Every shard answered (each marks its documents with its number), or ``ShardUnavailable``
+    naming the ones that did not. Clears the marks."""
+    answered = {d.shard for docs in shards for d in docs}
+    if not answered:  # an empty request: nothing to merge, nothing to miss
+        return shards
+    missing = sorted(set(range(expected)) - answered)
+    if missing:
+        raise ShardUnavailable(f"indexer shard(s) {missing} of {expected} did not answer (down or unreachable); "
+                               "nothing was changed on them: retry when they are back")
+    for docs in shards:
+        for d in docs:
+            d.shard = None
+    return shards
+
+
 def _aligned(shards: Shards) -> list[tuple[ContentDoc, ...]]:
     """The shards' copies of each request document, position by position."""
     sizes = {len(docs) for docs in shards}

@@ -106,3 +106,4 @@ class ContentDoc(BaseDoc):
     posts: Optional[DocList[PostDoc]] = None
     sample: Optional[DocList[PostDoc]] = None
     candidates: Optional[DocList[MatchDoc]] = None  # /recommend: a shard's candidates, for the merger
+    shard: Optional[int] = None  # which indexer shard answered (several shards only; the merger clears it)

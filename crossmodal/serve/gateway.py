@@ -39,6 +39,7 @@ from crossmodal.settings import LIMITS, Limits  # noqa: E402
 UI_DIR = ROOT / "ui"
 UI_PATH = "/ui"
 CLIENT_ERRORS = {"RequestError"}  # exception names (crossmodal.api.validate) answered with 422
+UNAVAILABLE = {"ShardUnavailable"}  # crossmodal.api.merge: answered 503, naming the shards
 ROUTING_KEYS = ("target_executor", "targetExecutor")  # header fields only the gateway may set
 
 
@@ -205,6 +206,9 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
                     if status.code == jina_pb2.StatusProto.ERROR:
                         if status.exception.name in CLIENT_ERRORS:
                             raise _client_error(status)
+                        if status.exception.name in UNAVAILABLE:
+                            raise Refused(503, status.exception.args[0] if status.exception.args else
+                                          status.description, executor="indexer")
                         yield resp  # a server fault: Jina answers 500
                         return
                     answered.extend(resp.docs)

@@ -49,6 +49,13 @@ class CrossmodalIndexer(Executor):
         self.metrics = IndexMetrics.of(self.runtime_args)
         self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
 
+    def _stamped(self, docs: DocList[ContentDoc]) -> DocList[ContentDoc]:
+        """Mark the answer with this shard's number, so the merger can tell a missing shard."""
+        if self.shards > 1:
+            for doc in docs:
+                doc.shard = self.shard
+        return docs
+
     def _mine(self, docs: DocList[ContentDoc]) -> DocList[ContentDoc]:
         """The documents whose id this shard owns; the others travel on untouched (and light)."""
         mine = []
@@ -79,7 +86,7 @@ class CrossmodalIndexer(Executor):
         self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
         for doc in mine:
             doc.embedding = doc.thumbnail = doc.blob = None
-        return docs
+        return self._stamped(docs)
 
     @requests(on="/search")
     def search(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
@@ -93,7 +100,7 @@ class CrossmodalIndexer(Executor):
             if doc.error is None:
                 doc.status = "ok"
             doc.embedding = doc.blob = None
-        return docs
+        return self._stamped(docs)
 
     @requests(on="/labels")
     def labels(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
@@ -105,7 +112,7 @@ class CrossmodalIndexer(Executor):
                                       [e for _, e in marks.found.values()])
         doc.sample = convert.post_docs([str(i) for i in range(len(marks.sample))], marks.sample_modalities,
                                        marks.sample)
-        return DocList[ContentDoc]([doc])
+        return self._stamped(DocList[ContentDoc]([doc]))
 
     @requests(on="/refine")
     def refine(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
@@ -120,7 +127,7 @@ class CrossmodalIndexer(Executor):
                 answers.append((doc, found))
             doc.embedding = doc.blob = doc.posts = doc.sample = None
         self._attach(answers, params.with_thumbnails)
-        return docs
+        return self._stamped(docs)
 
     def _marks(self, doc: ContentDoc) -> Marks:
         dim = self.index.config.dim
@@ -152,7 +159,7 @@ class CrossmodalIndexer(Executor):
             embeddings += list(found.embeddings)
             created += list(found.created_at)
         doc.posts = convert.post_docs(ids, modalities, embeddings, created)
-        return DocList[ContentDoc]([doc])
+        return self._stamped(DocList[ContentDoc]([doc]))
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
@@ -165,7 +172,7 @@ class CrossmodalIndexer(Executor):
             doc.candidates = convert.candidate_docs(shard_candidates(self.index, seeds, params, n_history))
         if self.shards == 1:
             return merge.recommend_answer([docs], params, self.index.config.dim)
-        return docs
+        return self._stamped(docs)
 
     @requests(on="/thumbnails")
     def thumbnails(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
@@ -174,7 +181,7 @@ class CrossmodalIndexer(Executor):
         found = self.index.store.thumbnails_by_id([d.id for d in mine][:LIMITS.max_thumbnails_per_response])
         for doc in mine:
             doc.thumbnail = found.get(doc.id)
-        return docs
+        return self._stamped(docs)
 
     @requests(on="/delete")
     def delete(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
@@ -183,7 +190,7 @@ class CrossmodalIndexer(Executor):
         for doc, status in zip(docs_allowed, self.index.delete([d.id for d in docs_allowed])):
             doc.status = status
         self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
-        return docs
+        return self._stamped(docs)
 
     @requests(on="/stats")
     def stats(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
@@ -191,7 +198,7 @@ class CrossmodalIndexer(Executor):
         if self.shards > 1:
             listed = tags["owners"] <= OWNER_NAMES_LISTED
             tags.update(owners_listed=listed, owner_names=self.index.store.owner_names() if listed else [])
-        return DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=tags)])
+        return self._stamped(DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=tags)]))
 
     def close(self) -> None:
         self.index.close()

@@ -15,16 +15,16 @@ from crossmodal.model.calibration import Calibration
 
 
 class CrossmodalMerger(Executor):
-    def __init__(self, auth: bool = False, embed_dim: int = 0, calibration: str = "", **kwargs):
+    def __init__(self, auth: bool = False, embed_dim: int = 0, calibration: str = "", shards: int = 0, **kwargs):
         super().__init__(**kwargs)
-        if int(embed_dim) < 1:
-            raise ValueError(f"embed_dim is required, got {embed_dim!r}")
-        self.auth, self.dim = identity.flag(auth), int(embed_dim)
+        if int(embed_dim) < 1 or int(shards) < 1:
+            raise ValueError(f"embed_dim and shards are required, got {embed_dim!r}, {shards!r}")
+        self.auth, self.dim, self.expected = identity.flag(auth), int(embed_dim), int(shards)
         self.calibration = Calibration.from_json(calibration)
 
-    @staticmethod
-    def _shards(docs_matrix, docs) -> list:
-        return list(docs_matrix) if docs_matrix else [docs]
+    def _shards(self, docs_matrix, docs) -> list:
+        """Each shard's answer, in shard order, once every shard has answered."""
+        return merge.check_shards(list(docs_matrix) if docs_matrix else [docs], self.expected)
 
     @requests(on=["/index", "/delete", "/thumbnails"])
     def owned(self, docs: DocList[ContentDoc], docs_matrix=None, **kwargs) -> DocList[ContentDoc]:
