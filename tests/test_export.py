@@ -168,13 +168,14 @@ def test_compose_has_health_checks_and_starts_the_gateway_after_healthy_executor
 
 
 def test_compose_takes_the_signing_key_from_the_environment_and_writes_no_secret(compose):
-    doc, _, _ = compose
+    doc, shards, _ = compose
     for name, service in doc["services"].items():
         env = dict(e.split("=", 1) for e in service["environment"])
         assert env["CROSSMODAL_AUTH_KEY"].startswith("${CROSSMODAL_AUTH_KEY:?"), name
         assert env["CROSSMODAL_AUTH"] == "1", f"{name}: containers listen beyond loopback, so tokens are on"
         # the merger's config reads these from its environment (Jina gives a uses_after no uses_with)
         assert int(env["CROSSMODAL_EMBED_DIM"]) > 0 and json.loads(env["CROSSMODAL_CALIBRATION"]), name
+        assert env["CROSSMODAL_SHARDS"] == str(shards), name
 
 
 def test_compose_listens_on_every_interface_and_exposes_metrics(compose):

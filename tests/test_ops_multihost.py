@@ -103,7 +103,8 @@ class Topology:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            exited = [p.args[2] for p in self.procs if p.poll() is not None]
+            exited = [p.args[p.args.index("--name") + 1] if "--name" in p.args else "gateway"
+                      for p in self.procs if p.poll() is not None]
             assert not exited, f"exited: {exited}\n{self.log_tail()}"
             try:
                 if http_post(self.ports["http"], "/stats", [], timeout=5)[0] == 200:

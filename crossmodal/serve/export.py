@@ -34,7 +34,6 @@ from crossmodal.settings import FLOW_YAML, OPS, ROOT, OpsSettings, ServiceConfig
 
 FORMATS = ("compose", "k8s")
 COMPOSE_FILE = "docker-compose.yml"
-MERGER_ENV = ("CROSSMODAL_EMBED_DIM", "CROSSMODAL_CALIBRATION")  # executors/merger/config.yml reads these
 _ENV_REF = re.compile(r"\$\{\{\s*ENV\.(\w+)\s*\}\}")
 _SHARD_OR_REPLICA = re.compile(r"(-\d+)?(/rep-\d+)?$")
 
@@ -86,12 +85,17 @@ def expand(value: Any, env: dict[str, str]) -> Any:
     return lookup(whole) if whole else _ENV_REF.sub(lookup, value)
 
 
+def config_env(ops: OpsSettings = OPS) -> set[str]:
+    """The ``${{ ENV.NAME }}`` values the executors' own configs read when they load (the
+    merger's, since Jina passes no ``uses_with`` to a ``uses_after``)."""
+    return {name for path in (ROOT / "executors").glob("*/config.yml") for name in _ENV_REF.findall(path.read_text())}
+
+
 def service_env(env: dict[str, str]) -> dict[str, str]:
     """What every service reads from its environment (the gateway: auth, users, request log;
-    executors: the key that signs the acting user; the merger: its config's ``${{ ENV }}``
-    values, since Jina passes no ``uses_with`` to a ``uses_after``)."""
-    shared = {k: env[k] for k in ("CROSSMODAL_AUTH", "CROSSMODAL_WORKSPACE", "CROSSMODAL_REQUEST_LOG", KEY_ENV,
-                                  *MERGER_ENV) if env.get(k)}
+    executors: the key that signs the acting user, and what their configs read)."""
+    names = {"CROSSMODAL_AUTH", "CROSSMODAL_WORKSPACE", "CROSSMODAL_REQUEST_LOG", KEY_ENV, *config_env()}
+    shared = {k: env[k] for k in sorted(names) if env.get(k)}
     shared["CROSSMODAL_CALIBRATION"] = json.dumps(json.loads(env["CROSSMODAL_CALIBRATION"]))  # one line
     return {**shared, "JINA_OPTOUT_TELEMETRY": "1", "JINA_HIDE_SURVEY": "1",
             "JINA_LOG_LEVEL": env.get("JINA_LOG_LEVEL", "ERROR"), "PYTHONUNBUFFERED": "1"}
