@@ -34,8 +34,9 @@ def check_shards(shards: Shards, expected: int) -> Shards:
         return shards
     missing = sorted(set(range(expected)) - answered)
     if missing:
-        raise ShardUnavailable(f"indexer shard(s) {missing} of {expected} did not answer (down or unreachable); "
-                               "nothing was changed on them: retry when they are back")
+        raise ShardUnavailable(f"indexer shard(s) {missing} of {expected} did not answer (down or unreachable): "
+                               "nothing changed on them, while the other shards applied their part of an /index "
+                               "or /delete; the request is safe to repeat once they are back")
     for docs in shards:
         for d in docs:
             d.shard = None
