@@ -20,6 +20,7 @@ from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.index.shards import shard_dir, shard_of
 from crossmodal.model.calibration import Calibration
 from crossmodal.recommend.pick import shard_candidates
+from crossmodal.serve.metrics import IndexMetrics
 from crossmodal.settings import INDEX, LIMITS, MODALITIES
 
 OWNER_NAMES_LISTED = 10_000  # /stats lists a shard's owners (for an exact total) up to this many
@@ -45,6 +46,8 @@ class CrossmodalIndexer(Executor):
                                               ef_search, nprobe, ef_construction=ef_construction))
         self.auth = identity.flag(auth)
         self.calibration = Calibration.from_json(calibration)  # the model's thresholds
+        self.metrics = IndexMetrics.of(self.runtime_args)
+        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
 
     def _stamped(self, docs: DocList[ContentDoc]) -> DocList[ContentDoc]:
         """Mark the answer with this shard's number, so the merger can tell a missing shard."""
@@ -80,6 +83,8 @@ class CrossmodalIndexer(Executor):
                 mark_error(doc, f"id: {doc.id!r} comes again later in this request; the last copy was stored")
             else:
                 doc.status = status
+        self.metrics.stored(d.status for d in ready)
+        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
         for doc in mine:
             doc.embedding = doc.thumbnail = doc.blob = None
         return self._stamped(docs)
@@ -190,6 +195,7 @@ class CrossmodalIndexer(Executor):
         docs_allowed = identity.deletable(mine, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
         for doc, status in zip(docs_allowed, self.index.delete([d.id for d in docs_allowed])):
             doc.status = status
+        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
         return self._stamped(docs)
 
     @requests(on="/stats")
