@@ -17,7 +17,7 @@ from crossmodal.api.schemas import ContentDoc
 from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error, posted_at
 from crossmodal.feedback.search import Marks, gather_marks, refine
 from crossmodal.index.content import ContentIndex, IndexConfig
-from crossmodal.index.shards import shard_dir, shard_of
+from crossmodal.index.shards import check_shard, shard_dir, shard_of
 from crossmodal.model.calibration import Calibration
 from crossmodal.recommend.pick import shard_candidates
 from crossmodal.serve.metrics import IndexMetrics
@@ -42,6 +42,7 @@ class CrossmodalIndexer(Executor):
             raise ValueError(f"model_label and embed_dim are required, got {model_label!r}, {embed_dim!r}")
         self.shard, self.shards = int(self.runtime_args.shard_id or 0), int(self.runtime_args.shards or 1)
         workspace = shard_dir(Path(workspace_dir), self.shard, self.shards)
+        check_shard(workspace, self.shard, self.shards)  # its own volume, on another machine
         self.index = ContentIndex(IndexConfig(workspace, model_label, int(embed_dim), index_factory,
                                               ef_search, nprobe, ef_construction=ef_construction))
         self.auth = identity.flag(auth)
