@@ -667,6 +667,7 @@
 
   /* ---------------------------------------------------------------- recommendations */
 
+  const MEMBERS_SHOWN = 8; // posts listed under an interest (the rest are counted)
   const quote = (text, max = 60) => `“${text.length > max ? `${text.slice(0, max - 1)}…` : text}”`;
   const KIND_TEXT = {
     medoid: (m, name) => [name ? `Because you posted ${name}` : `Your ${m} interest`, `Close to a group of your ${m} posts.`],
@@ -685,21 +686,33 @@
     return byKey;
   }
 
-  /** Which of the person's posts form an interest: those this browser remembers by text or
-   * picture, the others by their id. */
-  function memberList(seeds) {
+  /** Which of the person's posts form an interest, by text or picture (`items`: what the service
+   * answered for the first ones; posts it did not describe are shown by their id). */
+  function memberList(seeds, items) {
     const ids = [...new Set(seeds.flatMap((s) => s.member_ids || []))];
     if (!ids.length) return null;
-    const known = new Map(load(postsKey(currentUser()), []).map((p) => [p.id, p]));
-    const shown = ids.slice(0, 12).map((id) => {
-      const post = known.get(id);
-      if (post?.preview) return h('li', {}, h('img', { src: post.preview, alt: post.text || 'Your image' }));
-      return h('li', {}, post?.text ? quote(post.text, 80) : h('code', {}, id));
+    const shown = ids.slice(0, MEMBERS_SHOWN).map((id) => {
+      const item = items.get(id);
+      if (item?.thumbnail) return h('li', {}, h('img', { src: item.thumbnail, alt: item.text || 'Your image' }));
+      return h('li', {}, item?.text ? quote(item.text, 80) : h('code', {}, id));
     });
     if (ids.length > shown.length) shown.push(h('li', { class: 'muted' }, `and ${ids.length - shown.length} more`));
     return h('details', { class: 'members' },
       h('summary', {}, ids.length === 1 ? 'From 1 of your posts' : `From ${ids.length} of your posts`),
       h('ul', {}, ...shown));
+  }
+
+  /** Text and thumbnail of the first posts of each interest, in one request (empty if it fails:
+   * the list then shows ids). */
+  async function memberItems(doc) {
+    const ids = [...new Set((doc?.seeds || []).flatMap((s) => (s.member_ids || []).slice(0, MEMBERS_SHOWN)))];
+    if (!ids.length) return new Map();
+    try {
+      const items = await call('/items', ids.slice(0, 100).map((id) => ({ id })));
+      return new Map(items.filter((i) => i.status === 'ok').map((i) => [i.id, i]));
+    } catch {
+      return new Map();
+    }
   }
 
   /** Matches grouped by the seed (interest) that produced them, in the service's order. */
@@ -718,7 +731,7 @@
   }
 
   /** One interest, named by the person's most typical post in it (its text, or its picture). */
-  function seedCard(group, seeds) {
+  function seedCard(group, seeds, items) {
     const [modality, kind, clusterText] = group.seed.split(':');
     const cluster = Number(clusterText);
     const named = seeds.find((s) => s.post_text || s.post_thumbnail);
@@ -729,7 +742,7 @@
       : h('span', { class: 'badge', 'aria-hidden': 'true' }, kind === 'medoid' ? '♥' : kind === 'serendipity' ? '✦' : '↺');
     const card = h('article', { class: `interest ${kind}`, dataset: { seed: group.seed, cluster: String(cluster) } },
       h('header', { class: 'interest-head' }, mark,
-        h('div', {}, h('h2', {}, title), h('p', { class: 'muted small' }, subtitle), memberList(seeds))),
+        h('div', {}, h('h2', {}, title), h('p', { class: 'muted small' }, subtitle), memberList(seeds, items))),
       matchSections(group, null, 'h3', modality));
     card.style.setProperty('--hue', String(kind === 'medoid' ? (cluster * 67 + (modality === 'image' ? 200 : 250)) % 360 : 35));
     return card;
@@ -752,7 +765,8 @@
         results.replaceChildren(notice('empty', 'No suggestions yet', `${reason} Post a few texts or images, then come back.`));
       } else {
         const seeds = seedsByKey(doc);
-        results.replaceChildren(...groups.map((g) => seedCard(g, seeds.get(g.seed) || [])));
+        const items = await memberItems(doc);
+        results.replaceChildren(...groups.map((g) => seedCard(g, seeds.get(g.seed) || [], items)));
       }
     } catch (err) {
       results.replaceChildren(errorNotice(err, recommend));
