@@ -82,11 +82,32 @@ class Topology:
         self.logs = tmp_path / "logs"
         self.logs.mkdir()
         self.procs: list[subprocess.Popen] = []
+        self.by_name: dict[str, subprocess.Popen] = {}
 
     def _start(self, name: str) -> None:
         command, env = self.commands[name]
-        self.procs.append(subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
-                                           stdout=(self.logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT))
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                                stdout=(self.logs / f"{name}.log").open("a"), stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        self.by_name[name] = proc
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one service, as a machine or container that dies."""
+        os.killpg(self.by_name[name].pid, signal.SIGKILL)
+        self.by_name[name].wait(30)
+
+    def restart(self, name: str, timeout: float = 180) -> None:
+        """The same service again on its port and volume; ready once every shard answers."""
+        self._start(name)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if http_post(self.ports["http"], "/stats", [], timeout=10)[0] == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"{name} not back in {timeout}s\n{self.log_tail()}")
 
     def __enter__(self):
         try:
@@ -136,6 +157,11 @@ class Topology:
 QUERIES = [{"id": "q-text", "text": "blue circles"}, {"id": "q-image", "uri": data_uri(png_bytes((30, 160, 40)))}]
 
 
+def matches(found: list) -> dict:
+    return {d["id"]: {m: [(x["id"], round(x["score"], 4)) for x in d[f"{m}_matches"] or []]
+                      for m in ("text", "image")} for d in found}
+
+
 def answers(http_port: int) -> dict:
     """Everything compared: index statuses, searches (with and without owner exclusion), a
     delete, the searches again, recommendations for both owners, and the totals."""
@@ -143,10 +169,6 @@ def answers(http_port: int) -> dict:
         status, body = http_post(http_port, endpoint, data, parameters, timeout=120)
         assert status == 200, (endpoint, body)
         return body["data"]
-
-    def matches(found):
-        return {d["id"]: {m: [(x["id"], round(x["score"], 4)) for x in d[f"{m}_matches"] or []]
-                          for m in ("text", "image")} for d in found}
 
     def picks(found):
         return [(x["id"], round(x["score"], 4)) for g in ("from_text", "from_image")
@@ -158,11 +180,26 @@ def answers(http_port: int) -> dict:
     out["delete"] = {d["id"]: d["status"] for d in post("/delete", [{"id": "t2"}, {"id": "i3"}, {"id": "nope"}])}
     out["search_after_delete"] = matches(post("/search", QUERIES, {"k": 5}))
     out["reindex"] = {d["id"]: d["status"] for d in post("/index", content()[:3])}
+    out["search_after_reindex"] = matches(post("/search", QUERIES, {"k": 5}))
     out["recommend"] = {user: picks(post("/recommend", [{}], {"username": user, "k": 4, "min_cluster_size": 2}))
                         for user in ("alice", "bob")}
     (stats,) = post("/stats", [])
     out["total"] = stats["tags"]["total"]
     return out
+
+
+def shard_down_and_back(topology: Topology) -> dict:
+    """Shard 0 killed: requests fail at once naming it; restarted on its volume: all it had is back."""
+    port = topology.ports["http"]
+    topology.kill("indexer-0")
+    for endpoint, data in (("/search", QUERIES), ("/stats", [])):
+        status, body = http_post(port, endpoint, data, {"k": 5} if data else None, timeout=60)  # never a hang
+        assert status == 503 and "shard(s) [0] of 2" in body["detail"], (endpoint, status, body)
+    topology.restart("indexer-0")
+    status, body = http_post(port, "/search", QUERIES, {"k": 5}, timeout=60)
+    assert status == 200, body
+    (stats,) = http_post(port, "/stats", [])[1]["data"]
+    return {"total": stats["tags"]["total"], "search": matches(body["data"])}
 
 
 @pytest.mark.timeout(900)
@@ -172,9 +209,11 @@ def test_exported_two_shard_topology_answers_as_one_shard(tmp_path):
     with Topology(compose, tmp_path) as topology:
         try:
             sharded = answers(topology.ports["http"])
+            back = shard_down_and_back(topology)
         except AssertionError:
             print(topology.log_tail())
             raise
+    assert back == {"total": sharded["total"], "search": sharded["search_after_reindex"]}
     stores = sorted(p.relative_to(tmp_path / "volumes") for p in (tmp_path / "volumes").rglob("store.sqlite"))
     assert [p.parts[0] for p in stores if p.parts[0].startswith("indexer-")] == ["indexer-0", "indexer-1"], stores
 
