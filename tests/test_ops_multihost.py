@@ -99,15 +99,7 @@ class Topology:
     def restart(self, name: str, timeout: float = 180) -> None:
         """The same service again on its port and volume; ready once every shard answers."""
         self._start(name)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if http_post(self.ports["http"], "/stats", [], timeout=10)[0] == 200:
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"{name} not back in {timeout}s\n{self.log_tail()}")
+        self._wait_ready(timeout)
 
     def __enter__(self):
         try:
@@ -124,8 +116,7 @@ class Topology:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            exited = [p.args[p.args.index("--name") + 1] if "--name" in p.args else "gateway"
-                      for p in self.procs if p.poll() is not None]
+            exited = [name for name, p in self.by_name.items() if p.poll() is not None]
             assert not exited, f"exited: {exited}\n{self.log_tail()}"
             try:
                 if http_post(self.ports["http"], "/stats", [], timeout=5)[0] == 200:

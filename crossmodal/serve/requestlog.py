@@ -120,17 +120,18 @@ class GRPCRequestLog(grpc.aio.ServerInterceptor):
             else handler._replace(stream_unary=_logged_unary(handler.stream_unary))
 
 
+async def _tracked(request_iterator, pending: dict):
+    """The client's requests, each remembered with its start time until its response is logged."""
+    async for request in request_iterator:
+        pending[request.header.request_id] = (time.perf_counter(), request, _docs(request))
+        yield request
+
+
 def _logged(behaviour):
     async def call(request_iterator, context):
         pending = {}
-
-        async def requests():
-            async for request in request_iterator:
-                pending[request.header.request_id] = (time.perf_counter(), request, _docs(request))
-                yield request
-
         try:
-            async for response in behaviour(requests(), context):
+            async for response in behaviour(_tracked(request_iterator, pending), context):
                 _emit_response(pending, response)
                 yield response
         except BaseException:
@@ -143,14 +144,8 @@ def _logged(behaviour):
 def _logged_unary(behaviour):
     async def call(request_iterator, context):
         pending = {}
-
-        async def requests():
-            async for request in request_iterator:
-                pending[request.header.request_id] = (time.perf_counter(), request, _docs(request))
-                yield request
-
         try:
-            response = await behaviour(requests(), context)
+            response = await behaviour(_tracked(request_iterator, pending), context)
         except BaseException:
             _emit_failed(pending, context)
             raise
