@@ -179,7 +179,11 @@ def _refusing(behaviour, streaming_in: bool, streaming_out: bool):
                     break
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
 
-    return refuse
+    async def refuse_stream(request, context):  # the shape a response-streaming method has
+        await refuse(request, context)
+        yield  # never reached: abort raises
+
+    return refuse_stream if streaming_out else refuse
 
 
 def _set_user(request, user: Optional[User]):
