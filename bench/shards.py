@@ -319,7 +319,7 @@ def run(report: Report, quick: bool, vectors_n: Optional[int] = None, queries: O
     if hop:
         out["hop"] = hop_figures(report, repeats=50 if quick else 200)
     if replicas:
-        out["replicas"] = replica_figures(report, images=64 if quick else 256, rounds=1 if quick else 2)
+        out["replicas"] = replica_figures(report, images=64 if quick else 512, rounds=2 if quick else 4)
     s = out.get("search", {})
     print(f"shards: {n:,} vectors, p50 " + " / ".join(f"{c}: {s.get(f'p50_{c}', float('nan')):.2f} ms"
                                                      for c in SHARD_COUNTS)
