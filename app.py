@@ -6,6 +6,8 @@
     python app.py -t finetune --data DIR --out DIR   # contrastive fine-tuning (open_clip loss)
     python app.py -t eval --data DIR                 # Precision/Recall/nDCG@K through the Flow
     python app.py -t adduser NAME [--admin]          # create a user, print its token once
+    python app.py -t query --shards 2 --replicas 2   # the indexer in 2 shards, 2 of each encoder
+    python app.py -t reshard --shards 4              # redistribute a stopped workspace over 4 shards
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ DEMO_DATA = Path(__file__).resolve().parent / "data" / "demo"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-t", "--task", required=True, choices=["index", "query", "finetune", "eval", "adduser"])
+    p.add_argument("-t", "--task", required=True, choices=["index", "query", "finetune", "eval", "adduser", "reshard"])
     p.add_argument("name", nargs="?", help="adduser: the new user's name")
     p.add_argument("--admin", action="store_true", help="adduser: the user may act for anyone")
     auth = p.add_mutually_exclusive_group()
@@ -55,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="FAISS factory string: Flat, HNSW32, IVF1024,Flat ...")
     p.add_argument("--precision", default=DEFAULTS.precision, choices=["fp32", "int8"],
                    help="text encoder on CPU: exact fp32 (default) or int8 dynamic quantisation (faster, approximate)")
+    p.add_argument("--shards", type=int, default=DEFAULTS.shards,
+                   help="index/query: the indexer runs as N shards, each owning part of the ids (WORKSPACE/shard-<i>)")
+    p.add_argument("--replicas", type=int, default=DEFAULTS.replicas,
+                   help="index/query: each encoder runs as M replicas")
     p.add_argument("--data-root", action="append", default=[], dest="data_roots",
                    help="folder whose images requests may name by local path (repeatable)")
     p.add_argument("--owner", default="demo", help="owner of items whose source names none")
@@ -83,7 +89,7 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
         http_port=args.http_port or (DEFAULTS.http_port if serving else free_port()),
         host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots), precision=args.precision,
-        auth=serving and auth_wanted(args),
+        auth=serving and auth_wanted(args), shards=args.shards, replicas=args.replicas,
     )
 
 
@@ -123,6 +129,21 @@ def run_adduser(args: argparse.Namespace) -> int:
         users.close()
     print(f"{'admin ' if args.admin else ''}user {args.name!r} added to {args.workspace}. Its token, shown only once:\n"
           f"{token}")
+    return 0
+
+
+def run_reshard(args: argparse.Namespace) -> int:
+    """Runs without the model stack: it copies rows between SQLite stores."""
+    from crossmodal.index.reshard import reshard
+    from crossmodal.index.store import WorkspaceError
+
+    try:
+        before, after = reshard(args.workspace, args.shards)
+    except WorkspaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.workspace}: {sum(before)} items on {len(before)} shard(s) {before} -> "
+          f"{sum(after)} items on {len(after)} shard(s) {after}")
     return 0
 
 
@@ -236,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.task == "adduser":
         return run_adduser(args)
+    if args.task == "reshard":
+        return run_reshard(args)
     if args.task != "finetune":  # this process and the Flow's, forked from it, run no model
         from crossmodal.model.guard import block_model_libraries
 

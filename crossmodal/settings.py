@@ -142,6 +142,11 @@ class ServiceConfig:
     shards: int = 1
     replicas: int = 1
 
+    def __post_init__(self):
+        for name in ("shards", "replicas"):
+            if not 1 <= getattr(self, name) <= 64:
+                raise ValueError(f"--{name} must be in 1..64, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class EvalSettings:

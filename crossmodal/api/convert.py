@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Iterable, Optional
 import numpy as np
 from docarray import DocList
 
-from crossmodal.api.schemas import ContentDoc, MatchDoc, MatchGroup, SeedDoc
+from crossmodal.api.schemas import ContentDoc, MatchDoc, MatchGroup, PostDoc, SeedDoc
 from crossmodal.api.validate import string_error, tags_error
 from crossmodal.index.store import Item
 
 if TYPE_CHECKING:
     from crossmodal.index.content import Match
-    from crossmodal.recommend.core import Seed
-    from crossmodal.recommend.pick import Picks
+    from crossmodal.recommend.core import Candidate, Seed
 
 
 def item(doc: ContentDoc) -> Item:
@@ -51,17 +50,47 @@ def match_docs(matches: Iterable[Match], thumbnails: dict[int, str]) -> DocList[
     return DocList[MatchDoc]([match_doc(m, thumbnails.get(m.row.vid)) for m in matches])
 
 
-def pick_group(picks: dict, thumbnails: dict[int, str]) -> MatchGroup:
-    """One query modality's picks (result modality -> [(candidate, seed)]) as a result group."""
+def pick_group(picks: dict) -> MatchGroup:
+    """One query modality's picks (result modality -> [(candidate, seed)]) as a result group;
+    each candidate's payload is the ``MatchDoc`` a shard answered (``candidate_docs``)."""
     group = MatchGroup()
     for modality, chosen in picks.items():
-        setattr(group, f"{modality}_matches", DocList[MatchDoc](
-            [match_doc(c.payload, thumbnails.get(c.payload.row.vid), seed) for c, seed in chosen]))
+        setattr(group, f"{modality}_matches", DocList[MatchDoc]([
+            c.payload.copy(update={"seed": f"{seed.modality}:{seed.kind}:{seed.cluster}", "cluster": seed.cluster,
+                                   "embedding": None, "seed_index": None}) for c, seed in chosen]))
     return group
 
 
-def picked_matches(picks: Picks) -> list[Match]:
-    return [c.payload for by_result in picks.values() for chosen in by_result.values() for c, _ in chosen]
+def candidate_docs(per_seed: Iterable[Iterable[Candidate]]) -> DocList[MatchDoc]:
+    """A shard's recommendation candidates, flat, each knowing its seed and embedding."""
+    return DocList[MatchDoc]([match_doc(c.payload).copy(update={"embedding": c.embedding, "seed_index": i})
+                              for i, found in enumerate(per_seed) for c in found])
+
+
+def candidates(docs: Optional[Iterable[MatchDoc]], n_seeds: int) -> list[list[Candidate]]:
+    """``candidate_docs`` back into one list per seed (payload: the match document)."""
+    from crossmodal.recommend.core import Candidate
+
+    out: list[list[Candidate]] = [[] for _ in range(n_seeds)]
+    for d in docs or []:
+        if d.seed_index is None or not 0 <= d.seed_index < n_seeds:
+            raise ValueError(f"candidate {d.id!r} names seed {d.seed_index!r} of {n_seeds}")
+        out[d.seed_index].append(Candidate(d.id, d.modality, d.score, np.asarray(d.embedding, np.float32), d))
+    return out
+
+
+def post_docs(ids: Iterable[str], modalities: Iterable[str], embeddings: Iterable[np.ndarray],
+              created_at: Optional[Iterable[float]] = None) -> DocList[PostDoc]:
+    created_at = created_at if created_at is not None else (0.0 for _ in ids)
+    return DocList[PostDoc]([PostDoc(id=i, modality=m, embedding=np.asarray(e, np.float32), created_at=float(t))
+                             for i, m, e, t in zip(ids, modalities, embeddings, created_at)])
+
+
+def posts(docs: Optional[Iterable[PostDoc]], dim: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """(ids, modalities, embeddings [n, dim], created_at) of carried posts."""
+    docs = list(docs or [])
+    emb = np.array([np.asarray(d.embedding, np.float32) for d in docs], np.float32).reshape(len(docs), dim)
+    return [d.id for d in docs], [d.modality for d in docs], emb, np.array([d.created_at for d in docs], np.float64)
 
 
 def seed_docs(seeds: Iterable[Seed]) -> DocList[SeedDoc]:

@@ -39,6 +39,10 @@ class MatchDoc(BaseDoc):
     thumbnail: Optional[str] = None  # data:image/jpeg;base64,... when asked for
     seed: Optional[str] = None  # recommend: which seed produced this match
     cluster: Optional[int] = None  # recommend: interest cluster of that seed (-1: not from a cluster)
+    # between the indexer shards and their merger only (never in a response): a recommendation
+    # candidate's embedding and the position of the seed that found it
+    embedding: Optional[NdArray] = None
+    seed_index: Optional[int] = None
 
 
 _inline_item_schema(MatchDoc)
@@ -64,6 +68,19 @@ class SeedDoc(BaseDoc):
 _inline_item_schema(SeedDoc)
 
 
+class PostDoc(BaseDoc):
+    """A stored item's embedding travelling between executors: a user's history for
+    /recommend, the marked items and a collection sample for /refine. Shards may live on
+    other machines, so what one executor needs from another's store travels in the request."""
+
+    modality: str = "text"
+    created_at: float = 0.0
+    embedding: Optional[NdArray] = None
+
+
+_inline_item_schema(PostDoc)
+
+
 class ContentDoc(BaseDoc):
     """Content to index, a query, or a request for stats/recommendations."""
 
@@ -84,3 +101,9 @@ class ContentDoc(BaseDoc):
     from_image: Optional[MatchGroup] = None
     seeds: Optional[DocList[SeedDoc]] = None
     feedback: Optional[dict] = None  # /refine: the method and how many labels it used
+    # gathered from every indexer shard by the gateway before /recommend and /refine
+    # (crossmodal/serve/orchestrate.py): history or marked items, and a sample of the collection
+    posts: Optional[DocList[PostDoc]] = None
+    sample: Optional[DocList[PostDoc]] = None
+    candidates: Optional[DocList[MatchDoc]] = None  # /recommend: a shard's candidates, for the merger
+    shard: Optional[int] = None  # which indexer shard answered (several shards only; the merger clears it)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -69,8 +70,15 @@ def check_layout(workspace: Path, shards: int) -> None:
             f"workspace {workspace} was written by {written} shard(s), but the service starts {shards}; "
             f"serve it with --shards {written}, or redistribute it first: "
             f"python app.py -t reshard --workspace {workspace} --shards {shards}")
-    Path(workspace).mkdir(parents=True, exist_ok=True)
-    (Path(workspace) / LAYOUT_NAME).write_text(json.dumps({"shards": shards}))
+    write_layout(Path(workspace), shards)
+
+
+def write_layout(workspace: Path, shards: int) -> None:
+    """Record the shard count atomically: the file is the layout's commit point (see reshard)."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    tmp = workspace / f".{LAYOUT_NAME}.tmp"
+    tmp.write_text(json.dumps({"shards": shards}))
+    os.replace(tmp, workspace / LAYOUT_NAME)
 
 
 def merge_top_k(lists: Iterable[Sequence[T]], k: int, score: Callable[[T], float]) -> list[T]:

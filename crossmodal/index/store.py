@@ -125,6 +125,13 @@ def _blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
 
+def _data_uri(thumbnail) -> str:
+    """Older workspaces hold the JPEG bytes themselves."""
+    if isinstance(thumbnail, str):
+        return thumbnail
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail).decode()
+
+
 def _row(record: tuple) -> Row:
     vid, id_, owner, modality, text, uri, tags, created_at = record
     return Row(vid, id_, owner, modality, text, uri, json.loads(tags) if tags else {}, created_at)
@@ -245,9 +252,18 @@ class Store:
         return {record[0]: _row(record) for record in self._by_vids(_ROW_COLUMNS, vids)}
 
     def thumbnails(self, vids: Sequence[int]) -> dict[int, str]:
-        """``data:`` URIs by vid (older workspaces hold the JPEG bytes themselves)."""
-        return {vid: thumb if isinstance(thumb, str) else "data:image/jpeg;base64," + base64.b64encode(thumb).decode()
-                for vid, thumb in self._by_vids("vid, thumbnail", vids, " AND thumbnail IS NOT NULL")}
+        """``data:`` URIs by vid."""
+        return {vid: _data_uri(thumb) for vid, thumb in self._by_vids("vid, thumbnail", vids, " AND thumbnail IS NOT NULL")}
+
+    def thumbnails_by_id(self, ids: Sequence[str]) -> dict[str, str]:
+        """``data:`` URIs by caller id, for the stored images among ``ids`` (at most 500)."""
+        ids = list(dict.fromkeys(ids))[:500]
+        if not ids:
+            return {}
+        with self._lock:
+            found = self._db.execute(f"SELECT id, thumbnail FROM items WHERE id IN ({','.join('?' * len(ids))})"
+                                     " AND thumbnail IS NOT NULL", ids).fetchall()
+        return {id_: _data_uri(thumb) for id_, thumb in found}
 
     def embeddings_of(self, vids: Sequence[int]) -> dict[int, np.ndarray]:
         return {vid: np.frombuffer(blob, dtype=np.float32) for vid, blob in self._by_vids("vid, embedding", vids)}
@@ -293,7 +309,7 @@ class Store:
         with self._lock:
             records = self._db.execute(
                 "SELECT id, embedding, created_at FROM items WHERE owner=? AND modality=?"
-                " ORDER BY created_at DESC, vid DESC LIMIT ?",
+                " ORDER BY created_at DESC, id DESC LIMIT ?",  # by id on ties: the same order on any shard
                 (owner, modality, -1 if limit is None else int(limit)),
             ).fetchall()[::-1]
         if not records:
@@ -313,6 +329,10 @@ class Store:
     def owner_count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(DISTINCT owner) FROM items").fetchone()[0]
+
+    def owner_names(self) -> list[str]:
+        with self._lock:
+            return [name for (name,) in self._db.execute("SELECT DISTINCT owner FROM items")]
 
     def embeddings_by_id(self, ids: Sequence[str]) -> dict[str, tuple[int, str, np.ndarray]]:
         """(vid, modality, embedding) of the given caller ids; unknown ids are absent."""

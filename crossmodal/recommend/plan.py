@@ -1,21 +1,25 @@
-"""The recommender's side: a user's history, read from the store, becomes seeds.
+"""The recommender's side: a user's history, as the request carries it, becomes seeds.
 
-Imports the store only (SQLite + numpy): the recommender process never loads FAISS.
+The gateway gathers the history from every indexer shard first (``/history``), so this
+process reads no store: on several machines it could not reach the shards' files.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from crossmodal.api.params import RecommendParams
-from crossmodal.index.store import Store
 from crossmodal.recommend.core import Seed, plan_seeds
 from crossmodal.settings import LIMITS, MODALITIES
 
 
-def plan_user_seeds(store: Store, params: RecommendParams) -> list[Seed]:
-    """Seeds for every modality the user has posted in (empty: no history)."""
+def plan_user_seeds(modalities: list[str], embeddings: np.ndarray, created_at: np.ndarray,
+                    params: RecommendParams) -> list[Seed]:
+    """Seeds for every modality the user has posted in (empty: no history); posts oldest first."""
+    kinds = np.asarray(modalities)
     seeds = []
     for modality in MODALITIES:
-        history = store.history(params.username, modality, limit=LIMITS.max_recommend_history)
-        if history.ids:
-            seeds.extend(plan_seeds(history.embeddings, history.created_at, modality, params,
+        rows = np.flatnonzero(kinds == modality)
+        if len(rows):
+            seeds.extend(plan_seeds(embeddings[rows], created_at[rows], modality, params,
                                     max_history=LIMITS.max_recommend_history))
     return seeds

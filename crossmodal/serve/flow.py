@@ -51,6 +51,8 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_DEVICE": cfg.device,
         "CROSSMODAL_PRECISION": cfg.precision,
         "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
+        "CROSSMODAL_SHARDS": str(cfg.shards),
+        "CROSSMODAL_REPLICAS": str(cfg.replicas),
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
         "CROSSMODAL_AUTH": "1" if cfg.auth else "0",  # read by the gateway and the executors
         KEY_ENV: secrets.token_hex(32),  # the gateway signs the acting user with it (api/identity.py)
@@ -61,22 +63,26 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
 def preflight(cfg: ServiceConfig, spec: ModelSpec) -> None:
     """Fail in this process, with a clear message, before any executor starts.
 
-    The indexer enforces the same checks itself; doing them here first turns a
+    The indexer shards enforce the same checks themselves; doing them here first turns a
     Jina start-up failure deep in a child process into a one-line error.
     """
+    from crossmodal.index.shards import check_layout, shard_dir
     from crossmodal.index.store import Store, WorkspaceLock
     from crossmodal.model.resolve import embed_dim
 
-    lock = WorkspaceLock(Path(cfg.workspace))
-    lock.acquire()
-    try:
-        store = Store(Path(cfg.workspace))
+    check_layout(Path(cfg.workspace), cfg.shards)
+    for shard in range(cfg.shards):
+        workspace = shard_dir(Path(cfg.workspace), shard, cfg.shards)
+        lock = WorkspaceLock(workspace)
+        lock.acquire()
         try:
-            store.bind_model(spec.label, embed_dim(spec))
+            store = Store(workspace)
+            try:
+                store.bind_model(spec.label, embed_dim(spec))
+            finally:
+                store.close()
         finally:
-            store.close()
-    finally:
-        lock.release()
+            lock.release()
 
 
 def build_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None):

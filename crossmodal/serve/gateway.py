@@ -32,11 +32,13 @@ if str(ROOT) not in sys.path:  # py_modules loading does not put the repository 
     sys.path.insert(0, str(ROOT))
 
 from crossmodal.serve.auth import Authenticator, GRPCAuthInterceptor, add_http_auth  # noqa: E402
+from crossmodal.serve.orchestrate import orchestrate  # noqa: E402
 from crossmodal.settings import LIMITS, Limits  # noqa: E402
 
 UI_DIR = ROOT / "ui"
 UI_PATH = "/ui"
 CLIENT_ERRORS = {"RequestError"}  # exception names (crossmodal.api.validate) answered with 422
+UNAVAILABLE = {"ShardUnavailable"}  # crossmodal.api.merge: answered 503, naming the shards
 ROUTING_KEYS = ("target_executor", "targetExecutor")  # header fields only the gateway may set
 
 
@@ -203,6 +205,9 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
                     if status.code == jina_pb2.StatusProto.ERROR:
                         if status.exception.name in CLIENT_ERRORS:
                             raise _client_error(status)
+                        if status.exception.name in UNAVAILABLE:
+                            raise Refused(503, status.exception.args[0] if status.exception.args else
+                                          status.description, executor="indexer")
                         yield resp  # a server fault: Jina answers 500
                         return
                     answered.extend(resp.docs)
@@ -254,6 +259,7 @@ class UIHTTPGateway(HTTPGateway):
         from starlette.responses import JSONResponse
 
         answer_whole(self.streamer)
+        orchestrate(self.streamer)
         app = add_ui(super().app)
 
         @app.exception_handler(Refused)
@@ -287,6 +293,7 @@ class AuthGRPCGateway(GRPCGateway):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        orchestrate(self.streamer)
         interceptors = list(self.grpc_tracing_server_interceptors or [])
         self.grpc_tracing_server_interceptors = [GRPCAuthInterceptor(Authenticator.from_env()), *interceptors]
 

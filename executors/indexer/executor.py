@@ -1,4 +1,9 @@
-"""Jina adapter: stores content with owners and answers owner-excluding searches."""
+"""Jina adapter: stores content with owners and answers owner-excluding searches.
+
+Run as N shards (Jina polls them ALL), each keeps the ids that hash onto it
+(``crossmodal/index/shards.py``) in its own workspace and answers searches from its own
+part; the shards' merger (``executors/merger``) makes one answer of theirs.
+"""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -6,15 +11,18 @@ from pathlib import Path
 from docarray import DocList
 from jina import Executor, requests
 
-from crossmodal.api import convert, identity
+from crossmodal.api import convert, identity, merge
 from crossmodal.api.params import parse_recommend_params, parse_refine_params, parse_search_params
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error
-from crossmodal.feedback.search import refine
+from crossmodal.feedback.search import Marks, gather_marks, refine
 from crossmodal.index.content import ContentIndex, IndexConfig
+from crossmodal.index.shards import shard_dir, shard_of
 from crossmodal.model.calibration import Calibration
-from crossmodal.recommend.pick import recommend
-from crossmodal.settings import INDEX, MODALITIES
+from crossmodal.recommend.pick import shard_candidates
+from crossmodal.settings import INDEX, LIMITS, MODALITIES
+
+OWNER_NAMES_LISTED = 10_000  # /stats lists a shard's owners (for an exact total) up to this many
 
 
 class CrossmodalIndexer(Executor):
@@ -31,16 +39,36 @@ class CrossmodalIndexer(Executor):
         super().__init__(**kwargs)
         if not model_label or int(embed_dim) < 1:
             raise ValueError(f"model_label and embed_dim are required, got {model_label!r}, {embed_dim!r}")
-        self.index = ContentIndex(IndexConfig(Path(workspace_dir), model_label, int(embed_dim), index_factory,
+        self.shard, self.shards = int(self.runtime_args.shard_id or 0), int(self.runtime_args.shards or 1)
+        workspace = shard_dir(Path(workspace_dir), self.shard, self.shards)
+        self.index = ContentIndex(IndexConfig(workspace, model_label, int(embed_dim), index_factory,
                                               ef_search, nprobe, ef_construction=ef_construction))
         self.auth = identity.flag(auth)
         self.calibration = Calibration.from_json(calibration)  # the model's thresholds
 
+    def _stamped(self, docs: DocList[ContentDoc]) -> DocList[ContentDoc]:
+        """Mark the answer with this shard's number, so the merger can tell a missing shard."""
+        if self.shards > 1:
+            for doc in docs:
+                doc.shard = self.shard
+        return docs
+
+    def _mine(self, docs: DocList[ContentDoc]) -> DocList[ContentDoc]:
+        """The documents whose id this shard owns; the others travel on untouched (and light)."""
+        mine = []
+        for doc in docs:
+            if shard_of(doc.id, self.shards) == self.shard:
+                mine.append(doc)
+            else:
+                doc.embedding = doc.thumbnail = doc.blob = None
+        return DocList[ContentDoc](mine)
+
     @requests(on="/index")
     def index_docs(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        identity.check_index(docs, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
+        mine = self._mine(docs)
+        identity.check_index(mine, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
         ready = []
-        for doc in docs:
+        for doc in mine:
             error = doc.error or content_error(doc, encoded=True) or embedding_error(doc.embedding, self.index.config.dim)
             if error:
                 mark_error(doc, error)
@@ -51,9 +79,9 @@ class CrossmodalIndexer(Executor):
                 mark_error(doc, f"id: {doc.id!r} comes again later in this request; the last copy was stored")
             else:
                 doc.status = status
-        for doc in docs:
+        for doc in mine:
             doc.embedding = doc.thumbnail = doc.blob = None
-        return docs
+        return self._stamped(docs)
 
     @requests(on="/search")
     def search(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
@@ -67,20 +95,40 @@ class CrossmodalIndexer(Executor):
             if doc.error is None:
                 doc.status = "ok"
             doc.embedding = doc.blob = None
-        return docs
+        return self._stamped(docs)
+
+    @requests(on="/labels")
+    def labels(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
+        """Before /refine: the marked items this shard owns and its share of a random sample."""
+        params = client_params(parse_refine_params, identity.as_user(parameters, self.auth))
+        marks = gather_marks(self.index, params, self.shard, self.shards)
+        doc = ContentDoc(id="labels", status="ok")
+        doc.posts = convert.post_docs(list(marks.found), [m for m, _ in marks.found.values()],
+                                      [e for _, e in marks.found.values()])
+        doc.sample = convert.post_docs([str(i) for i in range(len(marks.sample))], marks.sample_modalities,
+                                       marks.sample)
+        return self._stamped(DocList[ContentDoc]([doc]))
 
     @requests(on="/refine")
     def refine(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
-        """``/search`` again with the person's marks (see crossmodal/feedback)."""
+        """``/search`` again with the person's marks (see crossmodal/feedback), which the gateway
+        gathered from every shard into ``posts`` and ``sample`` (``/labels``)."""
         params = client_params(parse_refine_params, identity.as_user(parameters, self.auth))
         answers = []
         for doc in docs:
             if doc.error is None and doc.embedding is not None:
-                found, doc.feedback = refine(self.index, doc.embedding, params, "text" if doc.text else "image")
+                found, doc.feedback = refine(self.index, doc.embedding, params, "text" if doc.text else "image",
+                                             self._marks(doc))
                 answers.append((doc, found))
-            doc.embedding = doc.blob = None
+            doc.embedding = doc.blob = doc.posts = doc.sample = None
         self._attach(answers, params.with_thumbnails)
-        return docs
+        return self._stamped(docs)
+
+    def _marks(self, doc: ContentDoc) -> Marks:
+        dim = self.index.config.dim
+        ids, modalities, embeddings, _ = convert.posts(doc.posts, dim)
+        _, sample_modalities, sample, _ = convert.posts(doc.sample, dim)
+        return Marks(dict(zip(ids, zip(modalities, embeddings))), sample_modalities, sample)
 
     def _attach(self, answers: list, with_thumbnails: bool) -> None:
         """Each query's matches (modality -> matches) onto its document; thumbnails, when asked
@@ -92,30 +140,59 @@ class CrossmodalIndexer(Executor):
                 setattr(doc, f"{modality}_matches", convert.match_docs(matches, thumbs))
             doc.status = "ok"
 
+    @requests(on="/history")
+    def history(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
+        """Before /recommend: this shard's part of the user's most recent posts, per modality."""
+        params = client_params(lambda p: parse_recommend_params(p, self.calibration.novelty_threshold),
+                               identity.as_user(parameters, self.auth))
+        doc = ContentDoc(id="history", status="ok")
+        ids, modalities, embeddings, created = [], [], [], []
+        for modality in MODALITIES:
+            found = self.index.store.history(params.username, modality, limit=LIMITS.max_recommend_history)
+            ids += found.ids
+            modalities += [modality] * len(found.ids)
+            embeddings += list(found.embeddings)
+            created += list(found.created_at)
+        doc.posts = convert.post_docs(ids, modalities, embeddings, created)
+        return self._stamped(DocList[ContentDoc]([doc]))
+
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
+        """Each seed's candidates in this shard; one shard also picks (the merger does for several)."""
         params = client_params(lambda p: parse_recommend_params(p, self.calibration.novelty_threshold),
                                identity.as_user(parameters, self.auth))
         for doc in docs:
             seeds = convert.seeds(doc.seeds)
-            picks = recommend(self.index, seeds, params) if seeds else {}
-            thumbs = self.index.thumbnails(convert.picked_matches(picks)) if params.with_thumbnails else {}
-            doc.from_text = convert.pick_group(picks.get("text", {}), thumbs)
-            doc.from_image = convert.pick_group(picks.get("image", {}), thumbs)
-            doc.seeds, doc.status = None, "ok"
-        return docs
+            n_history = len(doc.posts or [])
+            doc.candidates = convert.candidate_docs(shard_candidates(self.index, seeds, params, n_history))
+        if self.shards == 1:
+            return merge.recommend_answer([docs], params, self.index.config.dim)
+        return self._stamped(docs)
+
+    @requests(on="/thumbnails")
+    def thumbnails(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        """The stored thumbnails of the image ids asked for (after /recommend, which picks without)."""
+        mine = self._mine(docs)
+        found = self.index.store.thumbnails_by_id([d.id for d in mine][:LIMITS.max_thumbnails_per_response])
+        for doc in mine:
+            doc.thumbnail = found.get(doc.id)
+        return self._stamped(docs)
 
     @requests(on="/delete")
     def delete(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        docs_allowed = identity.deletable(docs, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
+        mine = self._mine(docs)
+        docs_allowed = identity.deletable(mine, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
         for doc, status in zip(docs_allowed, self.index.delete([d.id for d in docs_allowed])):
             doc.status = status
-        return docs
+        return self._stamped(docs)
 
     @requests(on="/stats")
     def stats(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         tags = {**self.index.stats(), **asdict(self.calibration)}  # the page starts its cut-off there
-        return DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=tags)])
+        if self.shards > 1:
+            listed = tags["owners"] <= OWNER_NAMES_LISTED
+            tags.update(owners_listed=listed, owner_names=self.index.store.owner_names() if listed else [])
+        return self._stamped(DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=tags)]))
 
     def close(self) -> None:
         self.index.close()

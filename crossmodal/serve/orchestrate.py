@@ -1,0 +1,108 @@
+"""Requests the gateway prepares through the Flow before sending them on.
+
+/recommend clusters a user's whole history and /refine needs the marked items, but
+with the indexer in shards on several machines no executor can read another's store.
+So the gateway asks the Flow first (``/history``, ``/labels``: every shard answers its
+part, the shards' merger joins them), puts the answer into the request's documents and
+only then sends the request itself; after /recommend, which picks without thumbnails,
+it fetches the picked images' thumbnails (``/thumbnails``). Both protocols go through
+this, as it wraps the one request handler that Jina's gRPC and HTTP servers share.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from docarray import DocList
+from jina.proto import jina_pb2
+from jina.types.request.data import DataRequest
+
+from crossmodal.api.params import boolean
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.settings import LIMITS
+
+PREPARE = {"/recommend": "/history", "/refine": "/labels"}
+
+
+def _request(endpoint: str, parameters: dict, docs: DocList[ContentDoc]) -> DataRequest:
+    req = DataRequest()
+    req.document_array_cls = DocList[ContentDoc]
+    req.data.docs = docs
+    req.header.exec_endpoint = endpoint
+    req.parameters = parameters
+    return req
+
+
+def _docs(req: DataRequest) -> DocList[ContentDoc]:
+    """The request's documents as ``ContentDoc`` (HTTP hands over its own pydantic copies)."""
+    docs = req.docs
+    if docs.doc_type is ContentDoc:
+        return docs
+    return DocList[ContentDoc].from_protobuf(docs.to_protobuf())
+
+
+async def _send(handler: Callable, endpoint: str, parameters: dict, docs: DocList[ContentDoc]) -> DataRequest:
+    future, _ = handler(request=_request(endpoint, parameters, docs), return_type=DocList[ContentDoc])
+    response = await future
+    response.document_array_cls = DocList[ContentDoc]
+    return response
+
+
+def _failed(response: DataRequest) -> bool:
+    return response.header.status.code == jina_pb2.StatusProto.ERROR
+
+
+async def _fill_thumbnails(handler: Callable, parameters: dict, response: DataRequest) -> DataRequest:
+    """The picked images' thumbnails, from the shards that own them (one request, capped)."""
+    docs = _docs(response)
+    missing = [m for d in docs for group in (d.from_text, d.from_image) if group is not None
+               for m in group.image_matches or [] if m.thumbnail is None][:LIMITS.max_thumbnails_per_response]
+    if not missing:
+        return response
+    ids = list(dict.fromkeys(m.id for m in missing))
+    found = await _send(handler, "/thumbnails", parameters, DocList[ContentDoc]([ContentDoc(id=i) for i in ids]))
+    if _failed(found):
+        return found
+    thumbs = {d.id: d.thumbnail for d in found.docs if d.thumbnail}
+    for m in missing:
+        m.thumbnail = thumbs.get(m.id)
+    response.data.docs = docs
+    return response
+
+
+async def _prepared(handler: Callable, request: DataRequest, return_type: Any) -> DataRequest:
+    endpoint, parameters = request.header.exec_endpoint, dict(request.parameters)
+    gathered = await _send(handler, PREPARE[endpoint], parameters,
+                           DocList[ContentDoc]([ContentDoc(id=PREPARE[endpoint].strip("/"))]))
+    if _failed(gathered):
+        gathered.header.request_id = request.header.request_id
+        return gathered
+    [source] = gathered.docs
+    request.document_array_cls = DocList[ContentDoc]
+    docs = _docs(request)
+    if endpoint == "/recommend" and not len(docs):
+        docs = DocList[ContentDoc]([ContentDoc(id="recommend")])
+    for doc in docs:
+        doc.posts, doc.sample = source.posts, source.sample
+    request.data.docs = docs
+    future, _ = handler(request=request, return_type=return_type)
+    response = await future
+    if endpoint == "/recommend" and not _failed(response) and boolean(
+            "with_thumbnails", parameters.get("with_thumbnails", False)):
+        response = await _fill_thumbnails(handler, parameters, response)
+    return response
+
+
+def orchestrate(streamer) -> None:
+    """Make the requests of ``PREPARE`` go through the Flow in steps (see the module's docstring)."""
+    inner = streamer._streamer  # Jina's RequestStreamer: both protocols end in its request handler
+    if getattr(inner, "crossmodal_orchestrated", False):
+        return
+    handler = inner._request_handler
+
+    def handle(request: DataRequest, return_type: Any = None):
+        if request.header.exec_endpoint not in PREPARE:
+            return handler(request=request, return_type=return_type)
+        return asyncio.ensure_future(_prepared(handler, request, return_type)), None
+
+    inner._request_handler, inner.crossmodal_orchestrated = handle, True
