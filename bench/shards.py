@@ -5,19 +5,19 @@ indexer's class, the service's HNSW settings), each shard is searched for its to
 ``merge_top_k`` keeps the best k, as the sharded indexer does. Shards are searched on
 threads, one per shard: FAISS releases the GIL, so they run in parallel on the cores as
 separate shard processes would, without adding an IPC cost that is not the service's
-anyway (its transport is a Jina hop, measured on its own by ``--hop``). Each sharded
+anyway (its transport is a Jina hop, measured on its own: ``hop_figures``). Each sharded
 configuration is timed interleaved with the 1-shard one, so drift on a shared machine hits
 both alike; only two configurations (~2.3 GB each at 1M) are alive at once.
 
 Data: unit vectors from a clustered mixture (bench/vectors.py's ``clustered``, a few
 thousand centres) with held-out queries from the same distribution; truth is exact search
 (IndexFlatIP, chunk by chunk). Vectors, truth and built shards are cached under /tmp,
-keyed by their parameters, so a second run skips the ~10 minutes of building.
+keyed by their parameters, so a second run skips building (tens of minutes on 2 shared cores).
 
 Replicas: ``app.py -t index --replicas M`` on a few hundred generated JPEGs, M = 1 and 2
 run in turns, each into a fresh workspace.
 
-    python -m bench.shards [--vectors 1000000] [--queries 1000] [--skip-search] [--skip-replicas] [--hop]
+    python -m bench.shards [--vectors 1000000] [--queries 1000] [--skip-search] [--skip-hop] [--skip-replicas]
 """
 from __future__ import annotations
 
@@ -310,7 +310,7 @@ def replica_figures(report: Report, images: int, rounds: int) -> Optional[dict]:
 
 
 def run(report: Report, quick: bool, vectors_n: Optional[int] = None, queries: Optional[int] = None,
-        search: bool = True, replicas: bool = True, hop: bool = False) -> dict:
+        search: bool = True, replicas: bool = True, hop: bool = True) -> dict:
     n = vectors_n or (100_000 if quick else 1_000_000)
     out = {}
     started = time.time()
@@ -320,11 +320,17 @@ def run(report: Report, quick: bool, vectors_n: Optional[int] = None, queries: O
         out["hop"] = hop_figures(report, repeats=50 if quick else 200)
     if replicas:
         out["replicas"] = replica_figures(report, images=64 if quick else 512, rounds=2 if quick else 4)
-    s = out.get("search", {})
-    print(f"shards: {n:,} vectors, p50 " + " / ".join(f"{c}: {s.get(f'p50_{c}', float('nan')):.2f} ms"
-                                                     for c in SHARD_COUNTS)
-          + ", recall@10 " + " / ".join(f"{s.get(f'recall_{c}', float('nan')):.3f}" for c in SHARD_COUNTS)
-          + f" in {time.time() - started:.0f}s", flush=True)
+    parts = []
+    if out.get("search"):
+        s = out["search"]
+        parts.append(f"{n:,} vectors, p50 " + " / ".join(f"{c}: {s[f'p50_{c}']:.2f} ms" for c in SHARD_COUNTS)
+                     + ", recall@10 " + " / ".join(f"{s[f'recall_{c}']:.3f}" for c in SHARD_COUNTS))
+    if out.get("hop"):
+        parts.append(f"shard head + merger hop {out['hop']['hop_ms']:.1f} ms")
+    if out.get("replicas"):
+        parts.append(f"index {out['replicas']['rate_1']:.0f} img/s with 1 replica, "
+                     f"{out['replicas']['rate_2']:.0f} with 2")
+    print(f"shards: {'; '.join(parts) or 'nothing measured'} in {time.time() - started:.0f}s", flush=True)
     return out
 
 
@@ -335,6 +341,7 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, help="held-out queries (default 1000; 200 with --quick)")
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--skip-replicas", action="store_true")
-    parser.add_argument("--hop", action="store_true", help="also time one extra Flow hop (2 no-op Flows a round)")
+    parser.add_argument("--skip-hop", action="store_true", help="skip the Flow hop (2 no-op Flows, 2 starts each)")
     args = parser.parse_args()
-    run(Report(), args.quick, args.vectors, args.queries, not args.skip_search, not args.skip_replicas, args.hop)
+    run(Report(), args.quick, args.vectors, args.queries, not args.skip_search, not args.skip_replicas,
+        not args.skip_hop)
