@@ -135,13 +135,20 @@ class ShardedSearch:
     def __init__(self, shards: list[VectorIndex]):
         self.shards = shards
         self.pool = ThreadPoolExecutor(len(shards)) if len(shards) > 1 else None
+        self.work: list[float] = []  # per query: seconds summed over the shards' own searches
+
+    def _one(self, shard: VectorIndex, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+        start = time.perf_counter()
+        scores, vids = shard.search(query, k)
+        return scores, vids, time.perf_counter() - start
 
     def __call__(self, query: np.ndarray, k: int) -> list[tuple[float, int]]:
         if self.pool is None:  # one shard: no fan-out, as the 1-shard service
-            answers = [self.shards[0].search(query, k)]
+            answers = [self._one(self.shards[0], query, k)]
         else:
-            answers = list(self.pool.map(lambda shard: shard.search(query, k), self.shards))
-        lists = [[(float(s), int(v)) for s, v in zip(scores[0], vids[0]) if v >= 0] for scores, vids in answers]
+            answers = list(self.pool.map(lambda shard: self._one(shard, query, k), self.shards))
+        self.work.append(sum(seconds for _, _, seconds in answers))
+        lists = [[(float(s), int(v)) for s, v in zip(scores[0], vids[0]) if v >= 0] for scores, vids, _ in answers]
         return merge_top_k(lists, k, score=lambda hit: hit[0])
 
     def close(self) -> None:
@@ -217,6 +224,9 @@ def search_figures(report: Report, n: int, n_queries: int, rounds: int) -> dict:
         ratio, (lo, hi) = summary(ratios)
         report.add(Figure(f"merge cost: {shards}-shard p50 / 1-shard p50", ratio, "x", (lo, hi),
                           note=f"{rounds} interleaved rounds of {n_queries} queries; spread over rounds"))
+        work = float(np.median(sharded.work) / np.median(single.work))
+        report.add(Figure(f"search work: {shards} shards' summed search time / 1 shard's", work, "x",
+                          note="HNSW cost grows ~log(size): each shard costs about what the whole does"))
         out[f"p50_{shards}"], out[f"ratio_{shards}"] = f.median, ratio
         sharded.close()
         del many, sharded  # at most two configurations alive
