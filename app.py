@@ -8,6 +8,7 @@
     python app.py -t adduser NAME [--admin]          # create a user, print its token once
     python app.py -t query --shards 2 --replicas 2   # the indexer in 2 shards, 2 of each encoder
     python app.py -t reshard --shards 4              # redistribute a stopped workspace over 4 shards
+    python app.py -t export --format compose --out deploy   # Docker Compose / Kubernetes files
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from crossmodal.settings import JINA_QUIET, ServiceConfig  # noqa: E402  (imports nothing heavy)
+from crossmodal.settings import JINA_QUIET, OPS, ServiceConfig  # noqa: E402  (imports nothing heavy)
 
 for _key, _value in {**JINA_QUIET, "GRPC_VERBOSITY": "ERROR"}.items():
     os.environ.setdefault(_key, _value)
@@ -37,7 +38,8 @@ DEMO_DATA = Path(__file__).resolve().parent / "data" / "demo"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-t", "--task", required=True, choices=["index", "query", "finetune", "eval", "adduser", "reshard"])
+    p.add_argument("-t", "--task", required=True,
+                   choices=["index", "query", "finetune", "eval", "adduser", "reshard", "export"])
     p.add_argument("name", nargs="?", help="adduser: the new user's name")
     p.add_argument("--admin", action="store_true", help="adduser: the user may act for anyone")
     auth = p.add_mutually_exclusive_group()
@@ -72,7 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="finetune: keep the image tower fixed and train the text tower only (LiT)")
     p.add_argument("--describe", type=int, default=0,
                    help="finetune (generated data, --lock-image): N short descriptions of each image's scene")
-    p.add_argument("--out", type=Path, help="finetune: output folder; eval: JSON report path")
+    p.add_argument("--out", type=Path, help="finetune, export: output folder; eval: JSON report path")
+    p.add_argument("--format", choices=["compose", "k8s"], help="export: Docker Compose file or Kubernetes manifests")
+    p.add_argument("--image", default=OPS.image, help=f"export: the image built from the Dockerfile (default {OPS.image})")
+    p.add_argument("--metrics", type=int, nargs="?", const=OPS.metrics_port, metavar="PORT",
+                   help=f"query, export: Prometheus metrics on the gateway at PORT (default {OPS.metrics_port}), "
+                        f"executors on ports listed at start")
     p.add_argument("--feedback", type=int, metavar="ROUNDS",
                    help="eval: simulate ROUNDS of relevance feedback (/refine) per query instead")
     p.add_argument("--relevance", choices=["caption", "pair"], default="caption",
@@ -82,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def service_config(args: argparse.Namespace) -> ServiceConfig:
     """Serving uses the documented ports; one-shot tasks take free ones, beside any server."""
-    serving = args.task == "query"
+    serving = args.task in ("query", "export")  # export: the documented ports, inside containers
     return ServiceConfig(
         workspace=args.workspace, model=args.model, pretrained=args.pretrained,
         grpc_port=args.grpc_port or (DEFAULTS.grpc_port if serving else free_port()),
@@ -90,6 +97,7 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
         host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots), precision=args.precision,
         auth=serving and auth_wanted(args), shards=args.shards, replicas=args.replicas,
+        metrics_port=args.metrics,
     )
 
 
@@ -197,19 +205,23 @@ AUTH_HEADER = '-H "Authorization: Bearer $TOKEN" '
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from crossmodal.serve.flow import build_flow, started, stop_on_signals
+    from crossmodal.serve.flow import build_flow, metrics_ports, started, stop_on_signals
     from crossmodal.serve.shutdown import hard_stop_after
 
     cfg = service_config(args)
     if cfg.auth:
         users_check(cfg)
-    with started(build_flow(cfg)), stop_on_signals() as stop:
+    with started(build_flow(cfg)) as flow, stop_on_signals() as stop:
         base = f"http://{cfg.host}:{cfg.http_port}"
+        metrics = "" if cfg.metrics_port is None else (
+            "  metrics: " + ", ".join(f"{name} :{port}" for name, port in metrics_ports(flow).items())
+            + "   (Prometheus text at GET http://HOST:PORT/)\n")
         print(f"\ncrossmodal is serving (Ctrl-C to stop)\n"
               f"  gRPC : {cfg.host}:{cfg.grpc_port}   (jina Client(host='{cfg.host}', port={cfg.grpc_port}))\n"
               f"  HTTP : {base}   (OpenAPI docs: {base}/docs)\n"
               f"  Web  : {base}/ui/\n"
               f"  auth : {'on: send Authorization: Bearer <token> (create one: -t adduser NAME)' if cfg.auth else 'off'}\n"
+              f"{metrics}"
               f"  try  : curl -s -X POST {base}/search -H 'Content-Type: application/json' "
               f"{AUTH_HEADER if cfg.auth else ''}"
               f"-d '{{\"data\": [{{\"id\": \"q1\", \"text\": \"two large red circles on a grey background\"}}], "
@@ -218,6 +230,21 @@ def run_query(args: argparse.Namespace) -> int:
             pass
         deadline = hard_stop_after(cfg.stop_grace_s)  # even a running request cannot hold the ports
     deadline.cancel()
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Containers listen on every interface, so tokens are on unless --no-auth says otherwise."""
+    from crossmodal.serve.export import export, summary
+
+    if args.format is None or args.out is None:
+        sys.exit("-t export needs --format compose|k8s and --out DIR")
+    cfg = service_config(args)
+    cfg.auth = args.auth is not False
+    if not cfg.auth:
+        print("WARNING: --no-auth: the exported service takes requests from anyone who reaches it", file=sys.stderr)
+    files = export(cfg, args.format, args.out, image=args.image)
+    print(summary(files, args.format, args.out))
     return 0
 
 
@@ -266,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     from crossmodal.index.store import WorkspaceError
     from crossmodal.model.resolve import ModelUnavailable
 
-    task = {"index": run_index, "query": run_query, "finetune": run_finetune, "eval": run_eval}[args.task]
+    task = {"index": run_index, "query": run_query, "finetune": run_finetune, "eval": run_eval,
+            "export": run_export}[args.task]
     try:
         return task(args)
     except (ModelUnavailable, WorkspaceError, FileNotFoundError, ValueError) as err:

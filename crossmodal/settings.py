@@ -19,6 +19,10 @@ UI_DIR = ROOT / "ui"
 
 MODALITIES = ("text", "image")
 
+# The gateway stamps every /index request with its time under this parameter (overwriting any
+# client value), so that all indexer shards record one posting time, as a single indexer would.
+POSTED_AT = "__posted_at__"
+
 # Executors are reached only through the gateway, which checks tokens: they never listen
 # beyond loopback, whatever --host the gateway serves on.
 EXECUTOR_HOST = "127.0.0.1"
@@ -141,11 +145,42 @@ class ServiceConfig:
     # hash onto it (crossmodal/index/shards.py); each encoder runs as `replicas` processes
     shards: int = 1
     replicas: int = 1
+    # Prometheus metrics (Jina's monitoring) on the gateway at this port, executors on free
+    # ports listed at start; None: off
+    metrics_port: Optional[int] = None
+    request_log: bool = True  # one JSON line per request on the gateway's stderr (crossmodal/serve/requestlog.py)
 
     def __post_init__(self):
         for name in ("shards", "replicas"):
             if not 1 <= getattr(self, name) <= 64:
                 raise ValueError(f"--{name} must be in 1..64, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class OpsSettings:
+    """Deployment on several machines (``app.py -t export``) and what operators read.
+
+    Inside the image the repository sits at ``image_root``; every indexer shard, and the
+    gateway (its users table), keep their workspace on their own volume at ``workspace``.
+    """
+
+    image: str = "crossmodal:latest"
+    image_root: str = "/opt/crossmodal"
+    workspace: str = "/data/workspace"
+    image_gid: int = 1000  # the image's user and group (Dockerfile): volumes must be writable to it
+    gateway_config: str = "crossmodal/serve/gateway.yml"  # the gateway's Jina config, in the repository
+    stateful_executors: tuple = ("indexer",)  # executors that get a volume per shard
+    metrics_port: int = 9090  # Prometheus port inside each container when --metrics is given
+    k8s_namespace: str = "crossmodal"
+    k8s_storage: str = "10Gi"  # PersistentVolumeClaim size per shard (and for the gateway's users)
+    k8s_secret: str = "crossmodal-auth"  # Secret holding the signing key under k8s_secret_key
+    k8s_secret_key: str = "signing-key"
+    healthcheck_interval_s: int = 10
+    healthcheck_start_s: int = 120  # a model loads for a while before the first ping counts
+    request_logger: str = "crossmodal.requests"  # the logging name of the per-request JSON lines
+
+
+OPS = OpsSettings()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from crossmodal.api.params import parse_recommend_params
 from crossmodal.api.schemas import ContentDoc, MatchDoc
 from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.index.reshard import reshard
-from crossmodal.index.shards import check_layout, merge_top_k, shard_dir, shard_of, written_shards
+from crossmodal.index.shards import check_layout, check_shard, merge_top_k, shard_dir, shard_of, written_shards
 from crossmodal.index.store import Item, WorkspaceError
 from crossmodal.index.users import Users
 from crossmodal.recommend.pick import pick, shard_candidates
@@ -68,6 +68,15 @@ def test_layout_is_recorded_and_another_shard_count_refused(tmp_path, collection
     with pytest.raises(WorkspaceError, match=r"written by 2 shard\(s\).*-t reshard --workspace .* --shards 3"):
         check_layout(tmp_path, 3)
     check_layout(tmp_path, 2)
+
+
+def test_a_shard_refuses_a_volume_written_as_another(tmp_path):
+    check_shard(tmp_path / "v", 1, 2)
+    check_shard(tmp_path / "v", 1, 2)  # itself again
+    with pytest.raises(WorkspaceError, match=r"holds shard 1 of 2, but this process is shard 1 of 3.*-t reshard"):
+        check_shard(tmp_path / "v", 1, 3)
+    with pytest.raises(WorkspaceError, match="holds shard 1 of 2, but this process is shard 0 of 2"):
+        check_shard(tmp_path / "v", 0, 2)
 
 
 def test_workspace_with_only_users_has_no_layout(tmp_path):

@@ -55,6 +55,18 @@ def answers(port: int) -> dict:
             picks = doc[group][f"{modality}_matches"]
             out[("recommend", group, modality)] = [(m["id"], round(m["score"], 4)) for m in picks]
             assert all(m["thumbnail"] for m in picks if modality == "image")
+    alice = {d["id"]: d for d in TEXTS + IMAGES if d["owner"] == "alice"}
+    for seed in doc["seeds"]:  # each interest is named by one of alice's posts and lists its posts
+        assert seed["post_id"] in seed["member_ids"] and set(seed["member_ids"]) <= set(alice)
+        assert seed["embedding"] is None
+        if seed["modality"] == "text":
+            assert seed["post_text"] == alice[seed["post_id"]]["text"]
+        else:
+            assert seed["post_thumbnail"].startswith("data:image/jpeg;base64,")
+    keys = {s["key"] for s in doc["seeds"]}
+    assert {m["seed"] for g in ("from_text", "from_image") for k in ("text_matches", "image_matches")
+            for m in doc[g][k]} <= keys
+    out["seeds"] = sorted((s["key"], s["post_id"], tuple(sorted(s["member_ids"]))) for s in doc["seeds"])
     status, body = http_post(port, "/stats", [])
     tags = body["data"][0]["tags"]
     out["stats"] = (tags["total"], tags["count"], tags["owners"])

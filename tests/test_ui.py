@@ -7,6 +7,7 @@ tests/artifacts/ for people to look at.
 """
 import base64
 import json
+import re
 import shutil
 import urllib.request
 from pathlib import Path
@@ -439,19 +440,39 @@ def test_post_status_clears_when_switching_kind_or_deleting(page, service):
     expect(page.locator("#post-status")).to_be_empty()
 
 
-def test_interests_are_numbered_in_order_and_worded_right(page, service):
+def test_interests_are_named_by_the_posts_that_form_them(page, service):
     be(page, "dave")
     wait_results(page, "/recommend", lambda: page.click("a[href='#foryou']"))
-    titles = page.locator("#foryou-results .interest h2").all_inner_texts()
+    cards = page.locator("#foryou-results .interest")
+    titles = cards.locator("h2").all_inner_texts()
     assert titles
-    for kind in ("text", "image"):
-        numbered = [t for t in titles if t.startswith(f"Your {kind} interest")]
-        assert numbered == [f"Your {kind} interest {i}" for i in range(1, len(numbered) + 1)], titles
-    assert any("interest" in t for t in titles), titles
+    # an interest is named by dave's most typical post in it: one of his captions, or his picture
+    named = [t for t in titles if t.startswith("Because you posted")]
+    assert named, titles
+    [history] = service.post("/history", [{"id": "h"}], username="dave")
+    items = service.post("/items", [{"id": p["id"]} for p in history["posts"]])
+    daves = {item["text"] for item in items if item["modality"] == "text"}
+    assert set(CAPTIONS["dave"]) <= daves
+    for title in named:
+        assert title == "Because you posted this image" or title[len("Because you posted "):].strip("“”") in daves, title
+    pictures = page.locator("#foryou-results .interest img.badge.picture")
+    if "Because you posted this image" in titles:
+        assert pictures.count() >= 1 and pictures.first.get_attribute("src").startswith("data:image/jpeg;base64,")
+    # and says which of his posts form it, by their texts and pictures
+    members = page.locator("#foryou-results .interest details.members")
+    assert members.count() >= 1
+    for i in range(members.count()):
+        members.nth(i).locator("summary").click()
+    listed = members.locator("li:not(.muted)")
+    texts = [t.strip("“”") for t in members.locator("li:not(:has(img)):not(.muted)").all_inner_texts()]
+    assert texts and set(texts) <= daves, texts
+    assert members.locator("li img").count() >= 1 and listed.count() == len(texts) + members.locator("li img").count()
+    expect(members.locator("li code")).to_have_count(0)  # every post described, none by id
     words = page.locator("#foryou-results .words").all_inner_texts()  # scores in words here too
     assert words and set(words) <= {"close match", "likely match", "weak match"}
     expect(page.locator("#foryou-results")).not_to_contain_text("a image")
-    expect(page.locator("#foryou-results")).not_to_contain_text("#")
+    expect(page.locator("#foryou-results")).not_to_contain_text(re.compile(r"interest #|#\d"))
+    shot(page, "foryou-named")
 
 
 def test_phone_layout_keeps_posts_on_screen_and_points_to_the_texts(browser, service):

@@ -667,12 +667,53 @@
 
   /* ---------------------------------------------------------------- recommendations */
 
-  const article = (word) => (/^[aeiou]/i.test(word) ? `an ${word}` : `a ${word}`);
+  const MEMBERS_SHOWN = 8; // posts listed under an interest (the rest are counted)
+  const quote = (text, max = 60) => `“${text.length > max ? `${text.slice(0, max - 1)}…` : text}”`;
   const KIND_TEXT = {
-    medoid: (m, n) => [`Your ${m} interest ${n}`, `Close to a group of your ${m} posts.`],
-    serendipity: (m) => ['Something different', `Near ${article(m)} post of yours that stands apart from the rest.`],
+    medoid: (m, name) => [name ? `Because you posted ${name}` : `Your ${m} interest`, `Close to a group of your ${m} posts.`],
+    serendipity: (m, name) => ['Something different', `Near ${name || `a ${m} post of yours`}, which stands apart from the rest.`],
     history: (m) => [`Your recent ${m} posts`, 'No clear interest yet: near what you posted lately.'],
   };
+
+  /** What the service says about each interest, by the key its results carry (`seed`). */
+  function seedsByKey(doc) {
+    const byKey = new Map();
+    for (const seed of doc?.seeds || []) {
+      if (!seed.key) continue;
+      if (!byKey.has(seed.key)) byKey.set(seed.key, []);
+      byKey.get(seed.key).push(seed);
+    }
+    return byKey;
+  }
+
+  /** Which of the person's posts form an interest, by text or picture (`items`: what the service
+   * answered for the first ones; posts it did not describe are shown by their id). */
+  function memberList(seeds, items) {
+    const ids = [...new Set(seeds.flatMap((s) => s.member_ids || []))];
+    if (!ids.length) return null;
+    const shown = ids.slice(0, MEMBERS_SHOWN).map((id) => {
+      const item = items.get(id);
+      if (item?.thumbnail) return h('li', {}, h('img', { src: item.thumbnail, alt: item.text || 'Your image' }));
+      return h('li', {}, item?.text ? quote(item.text, 80) : h('code', {}, id));
+    });
+    if (ids.length > shown.length) shown.push(h('li', { class: 'muted' }, `and ${ids.length - shown.length} more`));
+    return h('details', { class: 'members' },
+      h('summary', {}, ids.length === 1 ? 'From 1 of your posts' : `From ${ids.length} of your posts`),
+      h('ul', {}, ...shown));
+  }
+
+  /** Text and thumbnail of the first posts of each interest, in one request (empty if it fails:
+   * the list then shows ids). */
+  async function memberItems(doc) {
+    const ids = [...new Set((doc?.seeds || []).flatMap((s) => (s.member_ids || []).slice(0, MEMBERS_SHOWN)))];
+    if (!ids.length) return new Map();
+    try {
+      const items = await call('/items', ids.slice(0, 100).map((id) => ({ id })));
+      return new Map(items.filter((i) => i.status === 'ok').map((i) => [i.id, i]));
+    } catch {
+      return new Map();
+    }
+  }
 
   /** Matches grouped by the seed (interest) that produced them, in the service's order. */
   function groupBySeed(doc) {
@@ -689,16 +730,19 @@
     return [...groups.values()];
   }
 
-  /** One interest; `ordinal` numbers the interests of a kind 1, 2, 3 in the order shown
-   * (HDBSCAN's labels are arbitrary and skip numbers). */
-  function seedCard(group, ordinal) {
+  /** One interest, named by the person's most typical post in it (its text, or its picture). */
+  function seedCard(group, seeds, items) {
     const [modality, kind, clusterText] = group.seed.split(':');
     const cluster = Number(clusterText);
-    const [title, subtitle] = (KIND_TEXT[kind] || KIND_TEXT.history)(modality, ordinal);
+    const named = seeds.find((s) => s.post_text || s.post_thumbnail);
+    const name = named?.post_text ? quote(named.post_text) : named?.post_thumbnail ? 'this image' : '';
+    const [title, subtitle] = (KIND_TEXT[kind] || KIND_TEXT.history)(modality, name);
+    const mark = named?.post_thumbnail && !named.post_text
+      ? h('img', { class: 'badge picture', src: named.post_thumbnail, alt: 'Your image this interest is named after' })
+      : h('span', { class: 'badge', 'aria-hidden': 'true' }, kind === 'medoid' ? '♥' : kind === 'serendipity' ? '✦' : '↺');
     const card = h('article', { class: `interest ${kind}`, dataset: { seed: group.seed, cluster: String(cluster) } },
-      h('header', { class: 'interest-head' },
-        h('span', { class: 'badge' }, kind === 'medoid' ? String(ordinal) : kind === 'serendipity' ? '✦' : '↺'),
-        h('div', {}, h('h2', {}, title), h('p', { class: 'muted small' }, subtitle))),
+      h('header', { class: 'interest-head' }, mark,
+        h('div', {}, h('h2', {}, title), h('p', { class: 'muted small' }, subtitle), memberList(seeds, items))),
       matchSections(group, null, 'h3', modality));
     card.style.setProperty('--hue', String(kind === 'medoid' ? (cluster * 67 + (modality === 'image' ? 200 : 250)) % 360 : 35));
     return card;
@@ -720,9 +764,9 @@
         const reason = doc?.reason ? `${doc.reason[0].toUpperCase()}${doc.reason.slice(1)}.` : 'Nothing from other people is close to your posts yet.';
         results.replaceChildren(notice('empty', 'No suggestions yet', `${reason} Post a few texts or images, then come back.`));
       } else {
-        const ordinals = {}; // interests are numbered 1, 2, 3 within each kind of post
-        const next = (seed) => { const m = seed.split(':')[0]; ordinals[m] = (ordinals[m] || 0) + 1; return ordinals[m]; };
-        results.replaceChildren(...groups.map((g) => seedCard(g, g.seed.includes(':medoid:') ? next(g.seed) : 0)));
+        const seeds = seedsByKey(doc);
+        const items = await memberItems(doc);
+        results.replaceChildren(...groups.map((g) => seedCard(g, seeds.get(g.seed) || [], items)));
       }
     } catch (err) {
       results.replaceChildren(errorNotice(err, recommend));

@@ -41,7 +41,7 @@ def match_doc(match: Match, thumbnail: Optional[str] = None, seed: Optional[Seed
     return MatchDoc(
         id=sendable(row.id), owner=sendable(row.owner), modality=row.modality, score=match.score,
         text=sendable(row.text), uri=sendable(row.uri), tags=tags, thumbnail=thumbnail,
-        seed=f"{seed.modality}:{seed.kind}:{seed.cluster}" if seed else None,
+        seed=seed.key if seed else None,
         cluster=seed.cluster if seed else None,
     )
 
@@ -56,7 +56,7 @@ def pick_group(picks: dict) -> MatchGroup:
     group = MatchGroup()
     for modality, chosen in picks.items():
         setattr(group, f"{modality}_matches", DocList[MatchDoc]([
-            c.payload.copy(update={"seed": f"{seed.modality}:{seed.kind}:{seed.cluster}", "cluster": seed.cluster,
+            c.payload.copy(update={"seed": seed.key, "cluster": seed.cluster,
                                    "embedding": None, "seed_index": None}) for c, seed in chosen]))
     return group
 
@@ -93,9 +93,12 @@ def posts(docs: Optional[Iterable[PostDoc]], dim: int) -> tuple[list[str], list[
     return [d.id for d in docs], [d.modality for d in docs], emb, np.array([d.created_at for d in docs], np.float64)
 
 
-def seed_docs(seeds: Iterable[Seed]) -> DocList[SeedDoc]:
-    return DocList[SeedDoc]([SeedDoc(modality=s.modality, kind=s.kind, cluster=s.cluster, share=s.share,
-                                     embedding=s.embedding) for s in seeds])
+def seed_docs(seeds: Iterable[Seed], ids: Optional[list[str]] = None) -> DocList[SeedDoc]:
+    """Seeds as documents; with the history's ids, each names its post and members."""
+    return DocList[SeedDoc]([SeedDoc(
+        modality=s.modality, kind=s.kind, cluster=s.cluster, share=s.share, embedding=s.embedding, key=s.key,
+        post_id=ids[s.post] if ids and s.post >= 0 else None,
+        member_ids=[ids[m] for m in s.members] if ids else None) for s in seeds])
 
 
 def seeds(docs: Optional[Iterable[SeedDoc]]) -> list[Seed]:

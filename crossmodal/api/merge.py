@@ -56,7 +56,7 @@ def _aligned(shards: Shards) -> list[tuple[ContentDoc, ...]]:
 
 
 def owned_answers(shards: Shards) -> DocList[ContentDoc]:
-    """/index, /delete, /thumbnails: each document as the shard that owns its id answered it
+    """/index, /delete, /items: each document as the shard that owns its id answered it
     (Jina hands the answers over in shard order; the others left the document untouched)."""
     return DocList[ContentDoc]([copies[shard_of(copies[0].id, len(copies))] for copies in _aligned(shards)])
 
@@ -123,7 +123,9 @@ def recommend_answer(shards: Shards, params: RecommendParams, dim: int) -> DocLi
             picks = pick(seeds, merged, history, params)
             doc.from_text = convert.pick_group(picks["text"])
             doc.from_image = convert.pick_group(picks["image"])
-        doc.seeds = doc.posts = doc.candidates = None
+        for seed in doc.seeds or []:
+            seed.embedding = None  # the seeds stay: the page names each interest by them
+        doc.posts = doc.candidates = None
         doc.status = "ok"
         out.append(doc)
     return DocList[ContentDoc](out)

@@ -62,7 +62,12 @@ class SeedDoc(BaseDoc):
     kind: str = "medoid"  # medoid | serendipity | history
     cluster: int = -1
     share: int = 0  # how many of k this seed contributes
-    embedding: Optional[NdArray] = None
+    embedding: Optional[NdArray] = None  # between executors only
+    key: Optional[str] = None  # as results name it (MatchDoc.seed)
+    post_id: Optional[str] = None  # the user's most typical post of this interest
+    post_text: Optional[str] = None  # ... its text, or for an image its thumbnail (data: URI)
+    post_thumbnail: Optional[str] = None
+    member_ids: Optional[list[str]] = None  # every post of the user's that forms the interest
 
 
 _inline_item_schema(SeedDoc)

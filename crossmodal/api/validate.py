@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 import numpy as np
 
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.settings import LIMITS, MODALITIES, Limits
+from crossmodal.settings import LIMITS, MODALITIES, POSTED_AT, Limits
 
 STRING_FIELDS = ("id", "owner", "modality", "text", "uri")
 P = TypeVar("P")
@@ -152,3 +152,12 @@ def query_error(doc: ContentDoc, limits: Limits = LIMITS) -> Optional[str]:
 
 def mark_error(doc: ContentDoc, message: str) -> None:
     doc.status, doc.error = "error", message
+
+
+def posted_at(parameters: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """The posting time the gateway stamped on an /index request, or None (then the indexer's
+    clock): a finite number of seconds since the epoch."""
+    value = (parameters or {}).get(POSTED_AT)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None

@@ -89,7 +89,7 @@ class ContentIndex:
             self._lock.release()
 
     # -- writes ---------------------------------------------------------------------
-    def upsert(self, items: Sequence[Item]) -> list[str]:
+    def upsert(self, items: Sequence[Item], now: Optional[float] = None) -> list[str]:
         """Store then index; returns 'indexed' or 'updated' per item.
 
         An id given twice is stored once, as its last copy; the earlier copies answer
@@ -101,10 +101,10 @@ class ContentIndex:
         last = {item.id: i for i, item in enumerate(items)}
         if len(last) < len(items):
             kept = sorted(last.values())
-            statuses = dict(zip(kept, self.upsert([items[i] for i in kept])))
+            statuses = dict(zip(kept, self.upsert([items[i] for i in kept], now)))
             return [statuses.get(i, "duplicate") for i in range(len(items))]
         with self._write_lock:
-            results = self.store.upsert(items)
+            results = self.store.upsert(items, now)
             for modality in MODALITIES:
                 self.vectors[modality].remove(old.vid for _, old in results if old and old.modality == modality)
                 picked = [(vid, item) for (vid, _), item in zip(results, items) if item.modality == modality]

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 from crossmodal.index.store import DB_NAME, WorkspaceError
 
 LAYOUT_NAME = "layout.json"
+SHARD_NAME = "shard.json"
 T = TypeVar("T")
 
 
@@ -71,6 +72,24 @@ def check_layout(workspace: Path, shards: int) -> None:
             f"serve it with --shards {written}, or redistribute it first: "
             f"python app.py -t reshard --workspace {workspace} --shards {shards}")
     write_layout(Path(workspace), shards)
+
+
+def check_shard(directory: Path, shard: int, shards: int) -> None:
+    """Each shard also records its place in its own folder, since on several machines it sees
+    only its own volume: a volume written as another shard, or under another count, is refused."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mark, place = directory / SHARD_NAME, {"shard": shard, "shards": shards}
+    if mark.is_file():
+        found = json.loads(mark.read_text())
+        if found != place:
+            raise WorkspaceError(
+                f"{directory} holds shard {found['shard']} of {found['shards']}, but this process is shard "
+                f"{shard} of {shards}; give each shard its own volume, or redistribute the workspace first: "
+                f"python app.py -t reshard --workspace WORKSPACE --shards {shards}")
+        return
+    tmp = directory / f".{SHARD_NAME}.tmp"
+    tmp.write_text(json.dumps(place))
+    os.replace(tmp, mark)
 
 
 def write_layout(workspace: Path, shards: int) -> None:

@@ -202,9 +202,10 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def upsert(self, items: Sequence[Item]) -> list[tuple[int, Optional[Row]]]:
-        """Insert or replace items in one transaction; returns (new vid, replaced row) each."""
-        now = time.time()
+    def upsert(self, items: Sequence[Item], now: Optional[float] = None) -> list[tuple[int, Optional[Row]]]:
+        """Insert or replace items in one transaction; returns (new vid, replaced row) each.
+        ``now`` is the posting time (default: this machine's clock)."""
+        now = time.time() if now is None else float(now)
         out = []
         with self._write():
             for item in items:
@@ -255,15 +256,17 @@ class Store:
         """``data:`` URIs by vid."""
         return {vid: _data_uri(thumb) for vid, thumb in self._by_vids("vid, thumbnail", vids, " AND thumbnail IS NOT NULL")}
 
-    def thumbnails_by_id(self, ids: Sequence[str]) -> dict[str, str]:
-        """``data:`` URIs by caller id, for the stored images among ``ids`` (at most 500)."""
+    def previews(self, ids: Sequence[str]) -> dict[str, tuple[str, Optional[str], Optional[str]]]:
+        """(modality, text, thumbnail ``data:`` URI) by caller id, for the stored ones among the
+        first 500 of ``ids``: what names a result or an interest on the page."""
         ids = list(dict.fromkeys(ids))[:500]
         if not ids:
             return {}
         with self._lock:
-            found = self._db.execute(f"SELECT id, thumbnail FROM items WHERE id IN ({','.join('?' * len(ids))})"
-                                     " AND thumbnail IS NOT NULL", ids).fetchall()
-        return {id_: _data_uri(thumb) for id_, thumb in found}
+            found = self._db.execute(f"SELECT id, modality, text, thumbnail FROM items WHERE id IN "
+                                     f"({','.join('?' * len(ids))})", ids).fetchall()
+        return {id_: (modality, text, _data_uri(thumb) if thumb is not None else None)
+                for id_, modality, text, thumb in found}
 
     def embeddings_of(self, vids: Sequence[int]) -> dict[int, np.ndarray]:
         return {vid: np.frombuffer(blob, dtype=np.float32) for vid, blob in self._by_vids("vid, embedding", vids)}

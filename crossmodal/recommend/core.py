@@ -31,6 +31,13 @@ class Seed:
     cluster: int  # HDBSCAN label of its interest; -1 when not built from a cluster
     share: int
     embedding: np.ndarray  # unit-norm float32 [d]
+    post: int = -1  # the history row the seed is (names the interest: its most typical post)
+    members: tuple[int, ...] = ()  # the history rows that form the interest
+
+    @property
+    def key(self) -> str:
+        """How results name the seed that found them (``MatchDoc.seed``)."""
+        return f"{self.modality}:{self.kind}:{self.cluster}"
 
 
 @dataclass(eq=False)
@@ -69,14 +76,16 @@ def plan_seeds(
         raise ValueError(f"embeddings [n, d] and created_at [n] expected, got {x.shape} and {t.shape}")
     if len(x) == 0:
         return []
+    rows = np.arange(len(x))
     if len(x) > max_history:
-        keep = np.sort(np.argsort(t, kind="stable")[-max_history:])
-        x, t = x[keep], t[keep]
+        rows = np.sort(np.argsort(t, kind="stable")[-max_history:])
+        x, t = x[rows], t[rows]
     x = _unit(x)
     labels = _cluster(x, params)
-    if labels.max() < 0:
-        return _history_seeds(x, t, modality, params)
-    return _cluster_seeds(x, labels, modality, params)
+    seeds = _history_seeds(x, t, modality, params) if labels.max() < 0 else _cluster_seeds(x, labels, modality, params)
+    for seed in seeds:  # rows of the history as given, not of the recent part clustered
+        seed.post, seed.members = int(rows[seed.post]), tuple(int(rows[m]) for m in seed.members)
+    return seeds
 
 
 def _cluster(x: np.ndarray, params: RecommendParams) -> np.ndarray:
@@ -134,7 +143,7 @@ def _history_seeds(x: np.ndarray, t: np.ndarray, modality: str, params: Recommen
     recent = [int(i) for i in np.argsort(-t, kind="stable") if i != centre][: params.max_seeds - 1]
     rows = [centre, *recent]
     shares = _apportion(np.ones(len(rows)), params.k)
-    return [Seed(modality, "history", -1, int(s), x[i].copy()) for i, s in zip(rows, shares) if s > 0]
+    return [Seed(modality, "history", -1, int(s), x[i].copy(), i, (i,)) for i, s in zip(rows, shares) if s > 0]
 
 
 def _cluster_seeds(x: np.ndarray, labels: np.ndarray, modality: str, params: RecommendParams) -> list[Seed]:
@@ -149,11 +158,13 @@ def _cluster_seeds(x: np.ndarray, labels: np.ndarray, modality: str, params: Rec
     seeds = []
     for label, share in zip(clusters, shares):
         if share > 0:
-            members = x[labels == label]
-            seeds.append(Seed(modality, "medoid", int(label), int(share), members[_medoid(members)].copy()))
+            members = np.flatnonzero(labels == label)
+            centre = int(members[_medoid(x[members])])
+            seeds.append(Seed(modality, "medoid", int(label), int(share), x[centre].copy(), centre,
+                              tuple(int(m) for m in members)))
     if surprise:
-        pick = np.random.default_rng(params.seed).choice(noise)
-        seeds.append(Seed(modality, "serendipity", -1, surprise, x[pick].copy()))
+        pick = int(np.random.default_rng(params.seed).choice(noise))
+        seeds.append(Seed(modality, "serendipity", -1, surprise, x[pick].copy(), pick, (pick,)))
     return seeds
 
 

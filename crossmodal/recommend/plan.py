@@ -14,12 +14,15 @@ from crossmodal.settings import LIMITS, MODALITIES
 
 def plan_user_seeds(modalities: list[str], embeddings: np.ndarray, created_at: np.ndarray,
                     params: RecommendParams) -> list[Seed]:
-    """Seeds for every modality the user has posted in (empty: no history); posts oldest first."""
+    """Seeds for every modality the user has posted in (empty: no history); posts oldest first.
+    Each seed's ``post`` and ``members`` are rows of the whole history given here."""
     kinds = np.asarray(modalities)
     seeds = []
     for modality in MODALITIES:
         rows = np.flatnonzero(kinds == modality)
         if len(rows):
-            seeds.extend(plan_seeds(embeddings[rows], created_at[rows], modality, params,
-                                    max_history=LIMITS.max_recommend_history))
+            for seed in plan_seeds(embeddings[rows], created_at[rows], modality, params,
+                                   max_history=LIMITS.max_recommend_history):
+                seed.post, seed.members = int(rows[seed.post]), tuple(int(rows[m]) for m in seed.members)
+                seeds.append(seed)
     return seeds

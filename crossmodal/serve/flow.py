@@ -57,6 +57,9 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_AUTH": "1" if cfg.auth else "0",  # read by the gateway and the executors
         KEY_ENV: secrets.token_hex(32),  # the gateway signs the acting user with it (api/identity.py)
         "CROSSMODAL_CALIBRATION": load_calibration(spec.checkpoint).to_json(),
+        "CROSSMODAL_MONITORING": "true" if cfg.metrics_port is not None else "false",
+        "CROSSMODAL_METRICS_PORT": str(cfg.metrics_port or free_port()),  # unused when off
+        "CROSSMODAL_REQUEST_LOG": "1" if cfg.request_log else "0",  # read by the gateway
     }
 
 
@@ -95,6 +98,23 @@ def build_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None):
     from jina import Flow
 
     return Flow.load_config(str(FLOW_YAML))
+
+
+def metrics_ports(flow) -> dict[str, int]:
+    """Every process's Prometheus port in a started Flow with monitoring on, by Jina runtime
+    name (``gateway``, ``indexer/head``, ``indexer-0``, ``clip_text/rep-1`` ...)."""
+    ports = {}
+    for name, deployment in flow._deployment_nodes.items():
+        if name == "gateway":
+            ports[name] = deployment.args.port_monitoring
+            continue
+        head = deployment.pod_args.get("head")
+        if head is not None:
+            ports[head.name] = head.port_monitoring
+        for replicas in deployment.pod_args["pods"].values():
+            for args in replicas:
+                ports[args.name] = args.port_monitoring
+    return ports
 
 
 @contextlib.contextmanager

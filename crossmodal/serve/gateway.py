@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # py_modules loading does not put the repository on the path
     sys.path.insert(0, str(ROOT))
 
-from crossmodal.serve.auth import Authenticator, GRPCAuthInterceptor, add_http_auth  # noqa: E402
+from crossmodal.serve import requestlog  # noqa: E402
+from crossmodal.serve.auth import OPEN_GRPC_SERVICES, Authenticator, GRPCAuthInterceptor, add_http_auth  # noqa: E402
 from crossmodal.serve.orchestrate import orchestrate  # noqa: E402
 from crossmodal.settings import LIMITS, Limits  # noqa: E402
 
@@ -260,6 +261,8 @@ class UIHTTPGateway(HTTPGateway):
 
         answer_whole(self.streamer)
         orchestrate(self.streamer)
+        if requestlog.enabled():
+            requestlog.count_streamer(self.streamer)  # inside the token check's wrapper: sees the user
         app = add_ui(super().app)
 
         @app.exception_handler(Refused)
@@ -285,7 +288,10 @@ class AuthHTTPGateway(UIHTTPGateway):
 
     @property
     def app(self):
-        return add_http_auth(super().app, self._request_handler.streamer, Authenticator.from_env())
+        app = add_http_auth(super().app, self._request_handler.streamer, Authenticator.from_env())
+        if requestlog.enabled():
+            app.add_middleware(requestlog.HTTPRequestLog)  # outermost: refusals are logged too
+        return app
 
 
 class AuthGRPCGateway(GRPCGateway):
@@ -295,7 +301,8 @@ class AuthGRPCGateway(GRPCGateway):
         super().__init__(**kwargs)
         orchestrate(self.streamer)
         interceptors = list(self.grpc_tracing_server_interceptors or [])
-        self.grpc_tracing_server_interceptors = [GRPCAuthInterceptor(Authenticator.from_env()), *interceptors]
+        logged = [requestlog.GRPCRequestLog(OPEN_GRPC_SERVICES)] if requestlog.enabled() else []
+        self.grpc_tracing_server_interceptors = [*logged, GRPCAuthInterceptor(Authenticator.from_env()), *interceptors]
 
 
 def server_class(protocol):
@@ -312,6 +319,8 @@ class CrossmodalGateway(CompositeGateway):
         # CompositeServer.__init__ only builds the servers, always with Jina's classes;
         # build them here instead with ours (server_class).
         CompositeBaseServer.__init__(self, **kwargs)
+        if requestlog.enabled():
+            requestlog.configure()
         self.servers = [server_class(args["runtime_args"]["protocol"])(**args) for args in self._server_kwargs]
         self.gateways = self.servers  # the name Jina's older code reads
         # client routing (target_executor) is cleared on gRPC by the auth interceptor, which

@@ -5,12 +5,14 @@ with the indexer in shards on several machines no executor can read another's st
 So the gateway asks the Flow first (``/history``, ``/labels``: every shard answers its
 part, the shards' merger joins them), puts the answer into the request's documents and
 only then sends the request itself; after /recommend, which picks without thumbnails,
-it fetches the picked images' thumbnails (``/thumbnails``). Both protocols go through
+it fetches the picked images' thumbnails and the post that names each interest (``/items``). Both protocols go through
 this, as it wraps the one request handler that Jina's gRPC and HTTP servers share.
+It also stamps each /index request with one posting time for every shard.
 """
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable
 
 from docarray import DocList
@@ -19,7 +21,7 @@ from jina.types.request.data import DataRequest
 
 from crossmodal.api.params import boolean
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.settings import LIMITS
+from crossmodal.settings import LIMITS, POSTED_AT
 
 PREPARE = {"/recommend": "/history", "/refine": "/labels"}
 
@@ -52,20 +54,27 @@ def _failed(response: DataRequest) -> bool:
     return response.header.status.code == jina_pb2.StatusProto.ERROR
 
 
-async def _fill_thumbnails(handler: Callable, parameters: dict, response: DataRequest) -> DataRequest:
-    """The picked images' thumbnails, from the shards that own them (one request, capped)."""
+async def _fill_previews(handler: Callable, parameters: dict, response: DataRequest) -> DataRequest:
+    """Thumbnails of the picked images (when asked for) and the post naming each interest,
+    from the shards that own them, in one capped request."""
     docs = _docs(response)
-    missing = [m for d in docs for group in (d.from_text, d.from_image) if group is not None
-               for m in group.image_matches or [] if m.thumbnail is None][:LIMITS.max_thumbnails_per_response]
-    if not missing:
+    missing = []
+    if boolean("with_thumbnails", parameters.get("with_thumbnails", False)):
+        missing = [m for d in docs for group in (d.from_text, d.from_image) if group is not None
+                   for m in group.image_matches or [] if m.thumbnail is None]
+    seeds = [s for d in docs for s in d.seeds or [] if s.post_id]
+    ids = list(dict.fromkeys([s.post_id for s in seeds] + [m.id for m in missing]))[:LIMITS.max_thumbnails_per_response]
+    if not ids:
         return response
-    ids = list(dict.fromkeys(m.id for m in missing))
-    found = await _send(handler, "/thumbnails", parameters, DocList[ContentDoc]([ContentDoc(id=i) for i in ids]))
+    found = await _send(handler, "/items", parameters, DocList[ContentDoc]([ContentDoc(id=i) for i in ids]))
     if _failed(found):
         return found
-    thumbs = {d.id: d.thumbnail for d in found.docs if d.thumbnail}
+    items = {d.id: d for d in found.docs if d.status == "ok"}
     for m in missing:
-        m.thumbnail = thumbs.get(m.id)
+        m.thumbnail = items[m.id].thumbnail if m.id in items else None
+    for seed in seeds:
+        if seed.post_id in items:
+            seed.post_text, seed.post_thumbnail = items[seed.post_id].text, items[seed.post_id].thumbnail
     response.data.docs = docs
     return response
 
@@ -87,9 +96,8 @@ async def _prepared(handler: Callable, request: DataRequest, return_type: Any) -
     request.data.docs = docs
     future, _ = handler(request=request, return_type=return_type)
     response = await future
-    if endpoint == "/recommend" and not _failed(response) and boolean(
-            "with_thumbnails", parameters.get("with_thumbnails", False)):
-        response = await _fill_thumbnails(handler, parameters, response)
+    if endpoint == "/recommend" and not _failed(response):
+        response = await _fill_previews(handler, parameters, response)
     return response
 
 
@@ -101,6 +109,8 @@ def orchestrate(streamer) -> None:
     handler = inner._request_handler
 
     def handle(request: DataRequest, return_type: Any = None):
+        if request.header.exec_endpoint == "/index":  # one posting time for every shard
+            request.parameters = {**request.parameters, POSTED_AT: time.time()}
         if request.header.exec_endpoint not in PREPARE:
             return handler(request=request, return_type=return_type)
         return asyncio.ensure_future(_prepared(handler, request, return_type)), None

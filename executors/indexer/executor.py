@@ -14,12 +14,13 @@ from jina import Executor, requests
 from crossmodal.api import convert, identity, merge
 from crossmodal.api.params import parse_recommend_params, parse_refine_params, parse_search_params
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error
+from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error, posted_at
 from crossmodal.feedback.search import Marks, gather_marks, refine
 from crossmodal.index.content import ContentIndex, IndexConfig
-from crossmodal.index.shards import shard_dir, shard_of
+from crossmodal.index.shards import check_shard, shard_dir, shard_of
 from crossmodal.model.calibration import Calibration
 from crossmodal.recommend.pick import shard_candidates
+from crossmodal.serve.metrics import IndexMetrics
 from crossmodal.settings import INDEX, LIMITS, MODALITIES
 
 OWNER_NAMES_LISTED = 10_000  # /stats lists a shard's owners (for an exact total) up to this many
@@ -41,10 +42,13 @@ class CrossmodalIndexer(Executor):
             raise ValueError(f"model_label and embed_dim are required, got {model_label!r}, {embed_dim!r}")
         self.shard, self.shards = int(self.runtime_args.shard_id or 0), int(self.runtime_args.shards or 1)
         workspace = shard_dir(Path(workspace_dir), self.shard, self.shards)
+        check_shard(workspace, self.shard, self.shards)  # its own volume, on another machine
         self.index = ContentIndex(IndexConfig(workspace, model_label, int(embed_dim), index_factory,
                                               ef_search, nprobe, ef_construction=ef_construction))
         self.auth = identity.flag(auth)
         self.calibration = Calibration.from_json(calibration)  # the model's thresholds
+        self.metrics = IndexMetrics.of(self.runtime_args)
+        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
 
     def _stamped(self, docs: DocList[ContentDoc]) -> DocList[ContentDoc]:
         """Mark the answer with this shard's number, so the merger can tell a missing shard."""
@@ -74,11 +78,14 @@ class CrossmodalIndexer(Executor):
                 mark_error(doc, error)
             else:
                 ready.append(doc)
-        for doc, status in zip(ready, self.index.upsert([convert.item(d) for d in ready])):
+        for doc, status in zip(ready, self.index.upsert([convert.item(d) for d in ready],
+                                                        posted_at(kwargs.get("parameters")))):
             if status == "duplicate":
                 mark_error(doc, f"id: {doc.id!r} comes again later in this request; the last copy was stored")
             else:
                 doc.status = status
+        self.metrics.stored(d.status for d in ready)
+        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
         for doc in mine:
             doc.embedding = doc.thumbnail = doc.blob = None
         return self._stamped(docs)
@@ -169,13 +176,18 @@ class CrossmodalIndexer(Executor):
             return merge.recommend_answer([docs], params, self.index.config.dim)
         return self._stamped(docs)
 
-    @requests(on="/thumbnails")
-    def thumbnails(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
-        """The stored thumbnails of the image ids asked for (after /recommend, which picks without)."""
+    @requests(on="/items")
+    def items(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
+        """Modality, text and thumbnail of the ids asked for (after /recommend, which picks
+        without thumbnails and names each interest by one of the user's posts)."""
         mine = self._mine(docs)
-        found = self.index.store.thumbnails_by_id([d.id for d in mine][:LIMITS.max_thumbnails_per_response])
+        found = self.index.store.previews([d.id for d in mine][:LIMITS.max_thumbnails_per_response])
         for doc in mine:
-            doc.thumbnail = found.get(doc.id)
+            if doc.id in found:
+                doc.modality, doc.text, doc.thumbnail = found[doc.id]
+                doc.status = "ok"
+            else:
+                doc.status = "not_found"
         return self._stamped(docs)
 
     @requests(on="/delete")
@@ -184,6 +196,7 @@ class CrossmodalIndexer(Executor):
         docs_allowed = identity.deletable(mine, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
         for doc, status in zip(docs_allowed, self.index.delete([d.id for d in docs_allowed])):
             doc.status = status
+        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
         return self._stamped(docs)
 
     @requests(on="/stats")

@@ -26,7 +26,7 @@ class CrossmodalMerger(Executor):
         """Each shard's answer, in shard order, once every shard has answered."""
         return merge.check_shards(list(docs_matrix) if docs_matrix else [docs], self.expected)
 
-    @requests(on=["/index", "/delete", "/thumbnails"])
+    @requests(on=["/index", "/delete", "/items"])
     def owned(self, docs: DocList[ContentDoc], docs_matrix=None, **kwargs) -> DocList[ContentDoc]:
         return merge.owned_answers(self._shards(docs_matrix, docs))
 

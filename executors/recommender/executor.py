@@ -26,9 +26,9 @@ class CrossmodalRecommender(Executor):
         params = client_params(parse_recommend_params, identity.as_user(parameters, self.auth))
         docs = docs or DocList[ContentDoc]([ContentDoc(id="recommend")])
         for doc in docs:
-            _, modalities, embeddings, created_at = convert.posts(doc.posts, self.dim)
+            ids, modalities, embeddings, created_at = convert.posts(doc.posts, self.dim)
             seeds = plan_user_seeds(modalities, embeddings, created_at, params)
-            doc.seeds = convert.seed_docs(seeds)
+            doc.seeds = convert.seed_docs(seeds, ids)
             doc.from_text, doc.from_image = MatchGroup(), MatchGroup()
             if not seeds:
                 doc.reason = f"user {params.username!r} has no posts yet: nothing to recommend from"
