@@ -1,6 +1,6 @@
 """Run every benchmark, print a table, write bench/results.json.
 
-    python -m bench [--quick] [--only flow,encoders,vectors,serving,precision,contention]
+    python -m bench [--quick] [--only flow,encoders,vectors,serving,precision,contention,shards]
     python bench/run.py [--quick]
 """
 import argparse
@@ -39,7 +39,7 @@ def relate(report: common.Report, flow: dict, encoders: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes on 2 cores")
-    parser.add_argument("--only", default="flow,encoders,vectors,serving,precision,contention")
+    parser.add_argument("--only", default="flow,encoders,vectors,serving,precision,contention,shards")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the figures (default {RESULTS})")
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads for this process and every server it "
                         "starts (default: torch's own, one per core); 1 keeps a shared, oversubscribed machine usable")
@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     if "contention" in wanted:
         from bench import contention
         contention.run(report, args.quick)
+    if "shards" in wanted:
+        from bench import shards
+        shards.run(report, args.quick)
     rendered = table(report.figures)
     print("\n" + rendered)
     args.out.write_text(json.dumps({"machine": common.machine(), "quick": args.quick,
