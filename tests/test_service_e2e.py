@@ -238,6 +238,11 @@ def test_recommend_cold_start_and_bad_parameters(service):
     assert status == 422 and "username" in body["detail"]
     status, body = http_post(service["http"], "/recommend", [{}], {"username": "bob", "k": "ten"})
     assert status == 422 and "'k'" in body["detail"]
+    # one answer per request: the user's history is gathered once, never once per document
+    status, body = http_post(service["http"], "/recommend", [{"id": f"r{i}"} for i in range(500)], {"username": "bob"})
+    assert status == 422 and body["detail"].startswith("data: /recommend answers one document per request, got ")
+    with pytest.raises(Exception, match="one document per request"):
+        grpc_post(service, "/recommend", [ContentDoc(id="a"), ContentDoc(id="b")], username="bob")
 
 
 def test_second_server_on_the_workspace_refuses(service):

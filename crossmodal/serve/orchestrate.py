@@ -79,20 +79,32 @@ async def _fill_previews(handler: Callable, parameters: dict, response: DataRequ
     return response
 
 
+def _refused(request: DataRequest, message: str) -> DataRequest:
+    """The request answered as a client error (HTTP 422, gRPC ``RequestError``), sent nowhere."""
+    request.header.status.code = jina_pb2.StatusProto.ERROR
+    request.header.status.description = message
+    request.header.status.exception.name = "RequestError"
+    request.header.status.exception.args.append(message)
+    return request
+
+
 async def _prepared(handler: Callable, request: DataRequest, return_type: Any) -> DataRequest:
+    """What the request needs from every shard, gathered once per request: it travels on the
+    first document only, so its size never grows with the number of documents."""
     endpoint, parameters = request.header.exec_endpoint, dict(request.parameters)
+    request.document_array_cls = DocList[ContentDoc]
+    docs = _docs(request)
+    if endpoint == "/recommend" and len(docs) > 1:
+        return _refused(request, f"data: /recommend answers one document per request, got {len(docs)}")
     gathered = await _send(handler, PREPARE[endpoint], parameters,
                            DocList[ContentDoc]([ContentDoc(id=PREPARE[endpoint].strip("/"))]))
     if _failed(gathered):
         gathered.header.request_id = request.header.request_id
         return gathered
     [source] = gathered.docs
-    request.document_array_cls = DocList[ContentDoc]
-    docs = _docs(request)
-    if endpoint == "/recommend" and not len(docs):
-        docs = DocList[ContentDoc]([ContentDoc(id="recommend")])
-    for doc in docs:
-        doc.posts, doc.sample = source.posts, source.sample
+    if not len(docs):
+        docs = DocList[ContentDoc]([ContentDoc(id=endpoint.strip("/"))])
+    docs[0].posts, docs[0].sample = source.posts, source.sample
     request.data.docs = docs
     future, _ = handler(request=request, return_type=return_type)
     response = await future

@@ -119,13 +119,13 @@ class CrossmodalIndexer(Executor):
     @requests(on="/refine")
     def refine(self, docs: DocList[ContentDoc], parameters: dict, **kwargs) -> DocList[ContentDoc]:
         """``/search`` again with the person's marks (see crossmodal/feedback), which the gateway
-        gathered from every shard into ``posts`` and ``sample`` (``/labels``)."""
+        gathered from every shard into the first document's ``posts`` and ``sample`` (``/labels``)."""
         params = client_params(parse_refine_params, identity.as_user(parameters, self.auth))
+        marks = self._marks(docs[0]) if len(docs) and docs[0].posts is not None else None
         answers = []
         for doc in docs:
             if doc.error is None and doc.embedding is not None:
-                found, doc.feedback = refine(self.index, doc.embedding, params, "text" if doc.text else "image",
-                                             self._marks(doc))
+                found, doc.feedback = refine(self.index, doc.embedding, params, "text" if doc.text else "image", marks)
                 answers.append((doc, found))
             doc.embedding = doc.blob = doc.posts = doc.sample = None
         self._attach(answers, params.with_thumbnails)
