@@ -137,6 +137,9 @@ def test_missing_shard_is_named():
     with pytest.raises(merge.ShardUnavailable, match=r"shard\(s\) \[1\] of 3"):
         merge.check_shards(docs, 3)
     assert merge.check_shards([DocList[ContentDoc]()] * 2, 3)  # an empty request misses nothing
+    # every shard answered, with an error (unmarked): not "unavailable", Jina reports their error
+    unmarked = [DocList[ContentDoc]([ContentDoc(id="q")]) for _ in range(3)]
+    assert merge.check_shards(unmarked, 3) == unmarked
 
 
 def test_owned_answers_take_the_owners_copy():
@@ -213,3 +216,24 @@ def test_reshard_refuses_a_served_workspace(tmp_path, collection):
         for index in indexes:
             index.close()
     assert written_shards(tmp_path) == 2
+
+
+@pytest.mark.parametrize("body, status, field", [
+    (b'{"data": [], "parameters": {"k": NaN}}', 422, "parameters.k"),
+    (b'{"data": [], "parameters": {"k": Infinity}}', 422, "parameters.k"),
+    (b'{"data": [], "parameters": {"positive": ["a", "\\ud800"]}}', 422, "parameters.positive[1]"),
+    (b'{"data": [], "parameters": {"\\ud800": 1}}', 422, "parameters"),
+    (('{"data": [{}], "parameters": {"x": ' + "[" * 5000 + "]" * 5000 + "}}").encode(), 400, "body"),
+    (b'{"data": [], "parameters": {"x": [[[[[[[[[[1]]]]]]]]]]}}', 422, "parameters.x[0][0][0][0][0][0][0][0]"),
+])
+def test_gateway_refuses_parameters_no_executor_can_be_sent(body, status, field):
+    from crossmodal.serve.gateway import refusal
+
+    refused = refusal(body)
+    assert refused is not None and refused.status == status and refused.body["field"] == field, refused.body
+
+
+def test_gateway_lets_ordinary_parameters_through():
+    from crossmodal.serve.gateway import refusal
+
+    assert refusal(b'{"data": [{"id": "q"}], "parameters": {"k": 5, "positive": ["a"], "tags": {"a": {"b": 1}}}}') is None

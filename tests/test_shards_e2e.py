@@ -132,6 +132,20 @@ def test_sharded_service_answers_as_one_shard(reference, shards, extra):
         status, body = http_post(server.http_port, "/search", [{"id": "q", "text": "an updated text"}], {"k": 50})
         found = [m["id"] for m in body["data"][0]["text_matches"]]
         assert "t2" not in found and found.count("t1") == 1 and "new-1" in found
+        port = server.http_port
+        # client mistakes stay client errors on a sharded service, never "shards down"
+        for endpoint, data, params in (("/refine", [QUERIES[0]], {"k": 0, "positive": ["t0"]}),
+                                       ("/refine", [QUERIES[0]], {"positive": ["never-there"]}),
+                                       ("/recommend", [{}], {"username": "alice", "k": 0})):
+            status, body = http_post(port, endpoint, data, params)
+            assert status == 422, (endpoint, params, body)
+        for endpoint in ("/history", "/labels"):  # internal: they hand out embeddings
+            status, body = http_post(port, endpoint, [{}], {"username": "alice", "positive": ["t0"]})
+            assert status == 422 and "internal" in body["detail"], body
+        status, body = http_post(port, "/items", [{}, {"id": ""}, {"id": "t0"}])  # no id: nothing found, no crash
+        assert status == 200 and [d["status"] for d in body["data"]] == ["not_found", "not_found", "ok"], body
+        status, body = http_post(port, "/index", [{"id": "p", "owner": "x", "modality": "text", "text": "p"}])
+        assert status == 200 and not {"__crossmodal_user__", "__posted_at__"} & set(body["parameters"])
         status, body = http_post(server.http_port, "/refine", [QUERIES[0]], {"k": 5, "positive": ["t0"],
                                                                               "negative": ["t3"]})
         assert status == 200, body
@@ -139,7 +153,7 @@ def test_sharded_service_answers_as_one_shard(reference, shards, extra):
         assert {"t0", "t3"}.isdisjoint(m["id"] for m in refined["text_matches"])
         assert refined["feedback"]["positive"] == 1 and refined["feedback"]["negative"] == 1
     stored = _stored(workspace, shards)
-    assert len(stored) == len(TEXTS) + len(IMAGES) and "new-1" in stored and "t2" not in stored
+    assert len(stored) == len(TEXTS) + len(IMAGES) + 1 and {"new-1", "p"} <= set(stored) and "t2" not in stored
 
 
 def test_other_shard_count_is_refused_with_the_fix(reference):

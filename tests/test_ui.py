@@ -449,10 +449,10 @@ def test_interests_are_named_by_the_posts_that_form_them(page, service):
     # an interest is named by dave's most typical post in it: one of his captions, or his picture
     named = [t for t in titles if t.startswith("Because you posted")]
     assert named, titles
-    [history] = service.post("/history", [{"id": "h"}], username="dave")
-    items = service.post("/items", [{"id": p["id"]} for p in history["posts"]])
-    daves = {item["text"] for item in items if item["modality"] == "text"}
-    assert set(CAPTIONS["dave"]) <= daves
+    texts = (line.rsplit(",", 1) for line in (DEMO / "texts.csv").read_text().splitlines()[1:])
+    captions = (line.split(",") for line in (DEMO / "captions.csv").read_text().splitlines()[1:])
+    daves = set(CAPTIONS["dave"]) | {t for t, owner in texts if owner == "dave"} | {
+        c for _, c, owner in captions if owner == "dave"}
     for title in named:
         assert title == "Because you posted this image" or title[len("Because you posted "):].strip("“”") in daves, title
     pictures = page.locator("#foryou-results .interest img.badge.picture")

@@ -27,13 +27,13 @@ class ShardUnavailable(RuntimeError):
 
 
 def check_shards(shards: Shards, expected: int) -> Shards:
-    """Every shard answered (each marks its documents with its number), or ``ShardUnavailable``
-    naming the ones that did not. Clears the marks."""
-    answered = {d.shard for docs in shards for d in docs}
-    if not answered:  # an empty request: nothing to merge, nothing to miss
-        return shards
-    missing = sorted(set(range(expected)) - answered)
-    if missing:
+    """Every shard answered, or ``ShardUnavailable`` naming the ones that did not (each shard
+    marks its documents with its number). Shards that answered with an error (a bad parameter)
+    left their documents unmarked: their answers pass through and Jina reports their error.
+    Clears the marks."""
+    if len(shards) < expected and any(len(docs) for docs in shards):
+        answered = {d.shard for docs in shards for d in docs}
+        missing = sorted(set(range(expected)) - answered) or f"{expected - len(shards)} of them"
         raise ShardUnavailable(f"indexer shard(s) {missing} of {expected} did not answer (down or unreachable): "
                                "nothing changed on them, while the other shards applied their part of an /index "
                                "or /delete; the request is safe to repeat once they are back")
@@ -58,7 +58,7 @@ def _aligned(shards: Shards) -> list[tuple[ContentDoc, ...]]:
 def owned_answers(shards: Shards) -> DocList[ContentDoc]:
     """/index, /delete, /items: each document as the shard that owns its id answered it
     (Jina hands the answers over in shard order; the others left the document untouched)."""
-    return DocList[ContentDoc]([copies[shard_of(copies[0].id, len(copies))] for copies in _aligned(shards)])
+    return DocList[ContentDoc]([copies[shard_of(copies[0].id or "", len(copies))] for copies in _aligned(shards)])
 
 
 def search_answers(shards: Shards, k: int, thumbnail_cap: int = LIMITS.max_thumbnails_per_response

@@ -15,6 +15,7 @@ the Flow YAML through ``py_modules``; it imports only light parts of ``crossmoda
 (no torch).
 """
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -60,10 +61,15 @@ def refusal(body: bytes, limits: Limits = LIMITS):
     """
     try:
         request = json.loads(body)
+    except RecursionError:
+        return Refused(400, "body: JSON nested too deeply", field="body")
     except ValueError:
         return None
     if not isinstance(request, dict):
         return None
+    error = value_error("parameters", request.get("parameters"), limits.max_tags_depth)
+    if error:
+        return Refused(422, error[1], field=error[0])
     data = request.get("data")
     if isinstance(data, list) and len(data) > limits.max_docs_per_request:
         return Refused(413, f"data: {len(data)} documents exceed max_docs_per_request="
@@ -73,6 +79,30 @@ def refusal(body: bytes, limits: Limits = LIMITS):
     if isinstance(header, dict) and any(header.get(key) for key in ROUTING_KEYS):
         return Refused(400, "header.target_executor: clients cannot route requests; "
                             "every request goes through the whole Flow", field="header.target_executor")
+    return None
+
+
+def value_error(name: str, value, depth: int) -> Optional[tuple[str, str]]:
+    """(field, reason) for what JSON allows but no executor can be sent: NaN or infinite
+    numbers, lone surrogates, nesting deeper than ``depth``; None when the value can travel."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return name, f"{name}: not a finite number ({value})"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return name, f"{name}: not valid Unicode (a lone surrogate)"
+        return None
+    if isinstance(value, (dict, list)):
+        if depth < 0:
+            return name, f"{name}: nested too deeply"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            error = value_error(name, str(key), 0) if isinstance(key, str) else None
+            error = error or value_error(f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]",
+                                         item, depth - 1)
+            if error:
+                return error
     return None
 
 

@@ -7,7 +7,9 @@ part, the shards' merger joins them), puts the answer into the request's documen
 only then sends the request itself; after /recommend, which picks without thumbnails,
 it fetches the picked images' thumbnails and the post that names each interest (``/items``). Both protocols go through
 this, as it wraps the one request handler that Jina's gRPC and HTTP servers share.
-It also stamps each /index request with one posting time for every shard.
+It also stamps each /index request with one posting time for every shard, refuses client
+requests to the internal steps (they carry embeddings), and drops the executors' internal
+parameters (the signed acting user, the posting time) from every answer.
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from jina.types.request.data import DataRequest
 
 from crossmodal.api.params import boolean
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.settings import LIMITS, POSTED_AT
+from crossmodal.settings import AUTH, LIMITS, POSTED_AT
 
 PREPARE = {"/recommend": "/history", "/refine": "/labels"}
+INTERNAL_ENDPOINTS = frozenset(PREPARE.values())
+INTERNAL_PARAMETERS = (AUTH.parameter, POSTED_AT)
 
 
 def _request(endpoint: str, parameters: dict, docs: DocList[ContentDoc]) -> DataRequest:
@@ -113,18 +117,37 @@ async def _prepared(handler: Callable, request: DataRequest, return_type: Any) -
     return response
 
 
+def _internal_fields_dropped(response: DataRequest) -> DataRequest:
+    """The signed acting user and the posting time are for the executors, not the client."""
+    parameters = response.parameters
+    if any(key in parameters for key in INTERNAL_PARAMETERS):
+        response.parameters = {k: v for k, v in parameters.items() if k not in INTERNAL_PARAMETERS}
+    return response
+
+
+async def _answered(request: DataRequest, return_type: Any, handler: Callable) -> DataRequest:
+    endpoint = request.header.exec_endpoint
+    if endpoint in INTERNAL_ENDPOINTS:  # they hand out embeddings: only the gateway asks them
+        return _refused(request, f"endpoint: {endpoint} is internal to the service (the gateway asks it "
+                                 "before /recommend and /refine)")
+    if endpoint == "/index":  # one posting time for every shard
+        request.parameters = {**request.parameters, POSTED_AT: time.time()}
+    if endpoint in PREPARE:
+        response = await _prepared(handler, request, return_type)
+    else:
+        future, _ = handler(request=request, return_type=return_type)
+        response = await future
+    return _internal_fields_dropped(response)
+
+
 def orchestrate(streamer) -> None:
-    """Make the requests of ``PREPARE`` go through the Flow in steps (see the module's docstring)."""
+    """Every client request goes through ``_answered`` (see the module's docstring)."""
     inner = streamer._streamer  # Jina's RequestStreamer: both protocols end in its request handler
     if getattr(inner, "crossmodal_orchestrated", False):
         return
     handler = inner._request_handler
 
     def handle(request: DataRequest, return_type: Any = None):
-        if request.header.exec_endpoint == "/index":  # one posting time for every shard
-            request.parameters = {**request.parameters, POSTED_AT: time.time()}
-        if request.header.exec_endpoint not in PREPARE:
-            return handler(request=request, return_type=return_type)
-        return asyncio.ensure_future(_prepared(handler, request, return_type)), None
+        return asyncio.ensure_future(_answered(request, return_type, handler)), None
 
     inner._request_handler, inner.crossmodal_orchestrated = handle, True

@@ -61,7 +61,7 @@ class CrossmodalIndexer(Executor):
         """The documents whose id this shard owns; the others travel on untouched (and light)."""
         mine = []
         for doc in docs:
-            if shard_of(doc.id, self.shards) == self.shard:
+            if shard_of(doc.id or "", self.shards) == self.shard:  # no id: one shard answers the error
                 mine.append(doc)
             else:
                 doc.embedding = doc.thumbnail = doc.blob = None
@@ -181,9 +181,12 @@ class CrossmodalIndexer(Executor):
         """Modality, text and thumbnail of the ids asked for (after /recommend, which picks
         without thumbnails and names each interest by one of the user's posts)."""
         mine = self._mine(docs)
-        found = self.index.store.previews([d.id for d in mine][:LIMITS.max_thumbnails_per_response])
-        for doc in mine:
-            if doc.id in found:
+        cap = LIMITS.max_thumbnails_per_response
+        found = self.index.store.previews([d.id for d in mine[:cap] if d.id])
+        for i, doc in enumerate(mine):
+            if i >= cap:
+                mark_error(doc, f"id: beyond {cap} items per request; ask for the rest in another request")
+            elif doc.id in found:
                 doc.modality, doc.text, doc.thumbnail = found[doc.id]
                 doc.status = "ok"
             else:
