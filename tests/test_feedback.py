@@ -152,3 +152,12 @@ def test_simulated_feedback_marks_what_it_saw_and_improves(index):
     endpoint, params = client.calls[-1]
     assert endpoint == "/refine" and len(params["positive"]) + len(params["negative"]) == 10
     assert set(params["positive"]) <= relevant and not set(params["negative"]) & relevant
+
+
+def test_unknown_ids_are_named_but_never_echoed_whole(index):
+    from crossmodal.api.validate import RequestError
+
+    long_id = "x" * 100_000
+    with pytest.raises(RequestError) as err:
+        refine(index, QUERY, parse_refine_params({"positive": [long_id]}))
+    assert "unknown id(s)" in str(err.value) and len(str(err.value)) < 300

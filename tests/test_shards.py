@@ -237,3 +237,12 @@ def test_gateway_lets_ordinary_parameters_through():
     from crossmodal.serve.gateway import refusal
 
     assert refusal(b'{"data": [{"id": "q"}], "parameters": {"k": 5, "positive": ["a"], "tags": {"a": {"b": 1}}}}') is None
+
+
+def test_unreachable_executor_is_named_from_either_jina_error_text():
+    from crossmodal.serve.gateway import _executor_name
+
+    assert _executor_name("failed to connect to all addresses; deployment `clip_text` at 127.0.0.1") == "clip_text"
+    assert _executor_name("Error while resetting connections [None] for clip_image. Connections cannot be used.") \
+        == "clip_image"
+    assert _executor_name("something else") == "unknown"

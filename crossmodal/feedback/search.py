@@ -44,6 +44,12 @@ def gather_marks(index: ContentIndex, params: RefineParams, shard: int = 0, shar
     return Marks(found, modalities, vectors.reshape(-1, index.config.dim))
 
 
+def _shown(ids: list[str], n: int = 5, chars: int = 80) -> str:
+    """A few of the offending ids for an error message, each cut short: a message never
+    echoes a whole request back."""
+    return repr([i if len(i) <= chars else f"{i[:chars]}…" for i in ids[:n]])
+
+
 def _labels(marks: Marks, params: RefineParams, centres: dict[str, np.ndarray], dim: int
             ) -> tuple[np.ndarray, np.ndarray]:
     """Centred positive and negative embeddings."""
@@ -51,11 +57,11 @@ def _labels(marks: Marks, params: RefineParams, centres: dict[str, np.ndarray], 
         raise RequestError("parameter 'positive': no marks given (and none in 'negative'); mark at least one result")
     both = sorted(set(params.positive) & set(params.negative))
     if both:
-        raise RequestError(f"parameter 'negative': also in 'positive': {both[:5]!r}")
+        raise RequestError(f"parameter 'negative': also in 'positive': {_shown(both)}")
     for name in ("positive", "negative"):
         unknown = [i for i in getattr(params, name) if i not in marks.found]
         if unknown:
-            raise RequestError(f"parameter {name!r}: unknown id(s) {unknown[:5]!r} (deleted, or never indexed)")
+            raise RequestError(f"parameter {name!r}: unknown id(s) {_shown(unknown)} (deleted, or never indexed)")
     rows = {name: np.array([marks.found[i][1] - centres[marks.found[i][0]] for i in getattr(params, name)],
                            np.float32).reshape(-1, dim) for name in ("positive", "negative")}
     return rows["positive"], rows["negative"]

@@ -160,9 +160,9 @@ def guard_requests(app, limits: Limits = LIMITS):
     return guarded
 
 
-def _executor_name(error) -> str:
+def _executor_name(text: str) -> str:
     """Jina names the deployment only inside the error's text."""
-    found = re.search(r"deployment `?([\w-]+)`?", error.details() or "")
+    found = re.search(r"(?:deployment `?|connections .* for )([\w-]+)", text or "")
     return found.group(1) if found else "unknown"
 
 
@@ -215,7 +215,7 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
 
     async def stream_docs(docs, request_size: int = 100, return_results: bool = False, **kwargs):
         from docarray import DocList
-        from jina.excepts import InternalNetworkError
+        from jina.excepts import EstablishGrpcConnectionError, InternalNetworkError
         from jina.proto import jina_pb2
 
         if not return_results:  # Jina's own health checks
@@ -243,9 +243,10 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
                         return
                     answered.extend(resp.docs)
                     last = resp
-        except InternalNetworkError as err:
-            name = _executor_name(err)
-            raise Refused(503, f"executor {name!r} is unreachable: {err.details()}", executor=name) from None
+        except (InternalNetworkError, EstablishGrpcConnectionError) as err:  # a stop, a crash, a network cut
+            detail = err.details() if isinstance(err, InternalNetworkError) else str(err)
+            name = _executor_name(detail)
+            raise Refused(503, f"executor {name!r} is unreachable: {detail}", executor=name) from None
         merged = list(answered)
         if len(answered) == len(good):
             for i in sorted(bad):
