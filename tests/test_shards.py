@@ -104,7 +104,9 @@ def _history(index):
     found = [(m, index.store.history("alice", m, 1000)) for m in ("text", "image")]
     posts = convert.post_docs([i for _, h in found for i in h.ids], [m for m, h in found for _ in h.ids],
                               [e for _, h in found for e in h.embeddings], [t for _, h in found for t in h.created_at])
-    return DocList[type(posts[0])](sorted(posts, key=lambda p: (p.created_at, p.id)))
+    ids, modalities, emb, times = convert.posts(posts, DIM)
+    order = sorted(range(len(ids)), key=lambda r: (times[r], ids[r]))
+    return convert.post_docs([ids[r] for r in order], [modalities[r] for r in order], emb[order], times[order])
 
 
 def test_merged_recommendations_equal_one_index(tmp_path, collection):
@@ -113,16 +115,16 @@ def test_merged_recommendations_equal_one_index(tmp_path, collection):
     params = parse_recommend_params({"username": "alice", "k": 6, "novelty_threshold": 0.999})
     answers = [DocList[ContentDoc]([ContentDoc(id="history", shard=s, posts=_history(index))])
                for s, index in enumerate(three)]
-    posts = merge.posts_answer(merge.check_shards(answers, 3))[0].posts
-    assert [p.id for p in posts] == [p.id for p in _history(one)]  # oldest first, as one store
+    posts = merge.posts_answer(merge.check_shards(answers, 3), DIM)[0].posts
+    assert posts.ids == _history(one).ids  # oldest first, as one store
     _, modalities, embeddings, created = convert.posts(posts, DIM)
     seeds = plan_user_seeds(modalities, embeddings, created, params)
     assert seeds
-    expected = pick(seeds, shard_candidates(one, seeds, params, len(posts)), embeddings, params)
+    expected = pick(seeds, shard_candidates(one, seeds, params, len(posts.ids)), embeddings, params)
     shard_docs = []
     for s, index in enumerate(three):
         doc = ContentDoc(id="r", seeds=convert.seed_docs(seeds), posts=posts, shard=s,
-                         candidates=convert.candidate_docs(shard_candidates(index, seeds, params, len(posts))))
+                         candidates=convert.candidate_docs(shard_candidates(index, seeds, params, len(posts.ids))))
         shard_docs.append(DocList[ContentDoc]([doc]))
     [answer] = merge.recommend_answer(merge.check_shards(shard_docs, 3), params, DIM)
     for group, query_modality in ((answer.from_text, "text"), (answer.from_image, "image")):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 import numpy as np
 from docarray import DocList
 
-from crossmodal.api.schemas import ContentDoc, MatchDoc, MatchGroup, PostDoc, SeedDoc
+from crossmodal.api.schemas import ContentDoc, MatchDoc, MatchGroup, Posts, SeedDoc
 from crossmodal.api.validate import string_error, tags_error
 from crossmodal.index.store import Item
 
@@ -80,17 +80,21 @@ def candidates(docs: Optional[Iterable[MatchDoc]], n_seeds: int) -> list[list[Ca
 
 
 def post_docs(ids: Iterable[str], modalities: Iterable[str], embeddings: Iterable[np.ndarray],
-              created_at: Optional[Iterable[float]] = None) -> DocList[PostDoc]:
-    created_at = created_at if created_at is not None else (0.0 for _ in ids)
-    return DocList[PostDoc]([PostDoc(id=i, modality=m, embedding=np.asarray(e, np.float32), created_at=float(t))
-                             for i, m, e, t in zip(ids, modalities, embeddings, created_at)])
+              created_at: Optional[Iterable[float]] = None) -> Posts:
+    """Items' embeddings packed for the wire (``Posts``)."""
+    ids, modalities = list(ids), list(modalities)
+    emb = np.array([np.asarray(e, np.float32) for e in embeddings], np.float32)
+    times = np.zeros(len(ids)) if created_at is None else np.asarray(list(created_at), np.float64)
+    return Posts(ids=ids, modalities=modalities, embeddings=emb, created_at=times)
 
 
-def posts(docs: Optional[Iterable[PostDoc]], dim: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """(ids, modalities, embeddings [n, dim], created_at) of carried posts."""
-    docs = list(docs or [])
-    emb = np.array([np.asarray(d.embedding, np.float32) for d in docs], np.float32).reshape(len(docs), dim)
-    return [d.id for d in docs], [d.modality for d in docs], emb, np.array([d.created_at for d in docs], np.float64)
+def posts(packed: Optional[Posts], dim: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """(ids, modalities, embeddings [n, dim], created_at) of carried posts (none: empty)."""
+    if packed is None or not packed.ids:
+        return [], [], np.zeros((0, dim), np.float32), np.zeros(0)
+    n = len(packed.ids)
+    return (list(packed.ids), list(packed.modalities), np.asarray(packed.embeddings, np.float32).reshape(n, dim),
+            np.asarray(packed.created_at, np.float64).reshape(n))
 
 
 def seed_docs(seeds: Iterable[Seed], ids: Optional[list[str]] = None) -> DocList[SeedDoc]:

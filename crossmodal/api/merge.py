@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 from docarray import DocList
 
 from crossmodal.api import convert
 from crossmodal.api.params import RecommendParams
-from crossmodal.api.schemas import ContentDoc, MatchDoc, PostDoc
+from crossmodal.api.schemas import ContentDoc, MatchDoc
 from crossmodal.index.shards import merge_top_k, shard_of
 from crossmodal.recommend.pick import merge_candidates, pick
 from crossmodal.settings import LIMITS, MODALITIES
@@ -95,17 +96,23 @@ def stats_answer(shards: Shards) -> DocList[ContentDoc]:
     return DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=total)])
 
 
-def posts_answer(shards: Shards, limit: int = LIMITS.max_recommend_history) -> DocList[ContentDoc]:
+def posts_answer(shards: Shards, dim: int, limit: int = LIMITS.max_recommend_history) -> DocList[ContentDoc]:
     """/history, /labels: every shard's posts together (oldest first, the ``limit`` most recent
     per modality, as one store would give them), and their samples together."""
     out = []
     for copies in _aligned(shards):
         doc = copies[0]
-        posts = sorted((p for c in copies for p in c.posts or []), key=lambda p: (p.created_at, p.id))
-        kept = [p for m in MODALITIES for p in [q for q in posts if q.modality == m][-limit:]]
-        doc.posts = DocList[PostDoc](sorted(kept, key=lambda p: (p.created_at, p.id)))
+        parts = [convert.posts(c.posts, dim) for c in copies]
+        ids, modalities = [i for p in parts for i in p[0]], [m for p in parts for m in p[1]]
+        emb, times = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
+        order = sorted(range(len(ids)), key=lambda r: (times[r], ids[r]))
+        kept = sorted((r for m in MODALITIES for r in [r for r in order if modalities[r] == m][-limit:]),
+                      key=lambda r: (times[r], ids[r]))
+        doc.posts = convert.post_docs([ids[r] for r in kept], [modalities[r] for r in kept], emb[kept], times[kept])
         if any(c.sample is not None for c in copies):
-            doc.sample = DocList[PostDoc]([p for c in copies for p in c.sample or []])
+            samples = [convert.posts(c.sample, dim) for c in copies]
+            doc.sample = convert.post_docs([i for p in samples for i in p[0]], [m for p in samples for m in p[1]],
+                                           np.concatenate([p[2] for p in samples]))
         out.append(doc)
     return DocList[ContentDoc](out)
 

@@ -73,17 +73,16 @@ class SeedDoc(BaseDoc):
 _inline_item_schema(SeedDoc)
 
 
-class PostDoc(BaseDoc):
-    """A stored item's embedding travelling between executors: a user's history for
-    /recommend, the marked items and a collection sample for /refine. Shards may live on
-    other machines, so what one executor needs from another's store travels in the request."""
+class Posts(BaseDoc):
+    """Stored items' embeddings travelling between executors: a user's history for
+    /recommend, the marked items and a sample of the collection for /refine. Shards may live
+    on other machines, so what one executor needs from another's store travels in the
+    request, packed as arrays: one message however many items (documents cost per item)."""
 
-    modality: str = "text"
-    created_at: float = 0.0
-    embedding: Optional[NdArray] = None
-
-
-_inline_item_schema(PostDoc)
+    ids: list[str] = []
+    modalities: list[str] = []
+    created_at: Optional[NdArray] = None  # [n] seconds since the epoch
+    embeddings: Optional[NdArray] = None  # [n, dim]
 
 
 class ContentDoc(BaseDoc):
@@ -108,7 +107,7 @@ class ContentDoc(BaseDoc):
     feedback: Optional[dict] = None  # /refine: the method and how many labels it used
     # gathered from every indexer shard by the gateway before /recommend and /refine
     # (crossmodal/serve/orchestrate.py): history or marked items, and a sample of the collection
-    posts: Optional[DocList[PostDoc]] = None
-    sample: Optional[DocList[PostDoc]] = None
+    posts: Optional[Posts] = None
+    sample: Optional[Posts] = None
     candidates: Optional[DocList[MatchDoc]] = None  # /recommend: a shard's candidates, for the merger
     shard: Optional[int] = None  # which indexer shard answered (several shards only; the merger clears it)

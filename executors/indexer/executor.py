@@ -170,7 +170,7 @@ class CrossmodalIndexer(Executor):
                                identity.as_user(parameters, self.auth))
         for doc in docs:
             seeds = convert.seeds(doc.seeds)
-            n_history = len(doc.posts or [])
+            n_history = len(doc.posts.ids) if doc.posts is not None else 0
             doc.candidates = convert.candidate_docs(shard_candidates(self.index, seeds, params, n_history))
         if self.shards == 1:
             return merge.recommend_answer([docs], params, self.index.config.dim)

@@ -37,7 +37,7 @@ class CrossmodalMerger(Executor):
 
     @requests(on=["/history", "/labels"])
     def posts(self, docs: DocList[ContentDoc], docs_matrix=None, **kwargs) -> DocList[ContentDoc]:
-        return merge.posts_answer(self._shards(docs_matrix, docs))
+        return merge.posts_answer(self._shards(docs_matrix, docs), self.dim)
 
     @requests(on="/recommend")
     def recommend(self, docs: DocList[ContentDoc], parameters: dict, docs_matrix=None,
