@@ -14,6 +14,7 @@ parameters (the signed acting user, the posting time) from every answer.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Callable
 
@@ -125,14 +126,14 @@ def _internal_fields_dropped(response: DataRequest) -> DataRequest:
     return response
 
 
-async def _answered(request: DataRequest, return_type: Any, handler: Callable) -> DataRequest:
+async def _answered(request: DataRequest, return_type: Any, handler: Callable, shards: int) -> DataRequest:
     endpoint = request.header.exec_endpoint
     if endpoint in INTERNAL_ENDPOINTS:  # they hand out embeddings: only the gateway asks them
         return _refused(request, f"endpoint: {endpoint} is internal to the service (the gateway asks it "
                                  "before /recommend and /refine)")
     if endpoint == "/index":  # one posting time for every shard
         request.parameters = {**request.parameters, POSTED_AT: time.time()}
-    if endpoint in PREPARE:
+    if endpoint in PREPARE and not (endpoint == "/refine" and shards == 1):  # one shard has the marks itself
         response = await _prepared(handler, request, return_type)
     else:
         future, _ = handler(request=request, return_type=return_type)
@@ -146,8 +147,9 @@ def orchestrate(streamer) -> None:
     if getattr(inner, "crossmodal_orchestrated", False):
         return
     handler = inner._request_handler
+    shards = int(os.environ.get("CROSSMODAL_SHARDS", "1"))  # the Flow's environment (serve/flow.py)
 
     def handle(request: DataRequest, return_type: Any = None):
-        return asyncio.ensure_future(_answered(request, return_type, handler)), None
+        return asyncio.ensure_future(_answered(request, return_type, handler, shards)), None
 
     inner._request_handler, inner.crossmodal_orchestrated = handle, True
