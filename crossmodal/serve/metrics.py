@@ -7,7 +7,9 @@ every shard shows how the collection is spread.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Optional
+
+from crossmodal.settings import MODALITIES
 
 INDEXED = "crossmodal_documents_indexed"  # prometheus_client appends _total to counters
 SIZE = "crossmodal_index_documents"
@@ -39,7 +41,9 @@ class IndexMetrics:
                 if status in ("indexed", "updated"):
                     self._indexed.labels(self.shard, status).inc()
 
-    def sizes(self, counts: Mapping[str, int]) -> None:
+    def sizes(self, count: Callable[[str], int]) -> None:
+        """Documents held per modality, counted only when monitoring is on: a COUNT over the
+        store is not work every /index and /delete should pay for nothing."""
         if self._size is not None:
-            for modality, count in counts.items():
-                self._size.labels(self.shard, modality).set(count)
+            for modality in MODALITIES:
+                self._size.labels(self.shard, modality).set(count(modality))

@@ -48,7 +48,7 @@ class CrossmodalIndexer(Executor):
         self.auth = identity.flag(auth)
         self.calibration = Calibration.from_json(calibration)  # the model's thresholds
         self.metrics = IndexMetrics.of(self.runtime_args)
-        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
+        self.metrics.sizes(self.index.store.count)
 
     def _stamped(self, docs: DocList[ContentDoc]) -> DocList[ContentDoc]:
         """Mark the answer with this shard's number, so the merger can tell a missing shard."""
@@ -85,7 +85,7 @@ class CrossmodalIndexer(Executor):
             else:
                 doc.status = status
         self.metrics.stored(d.status for d in ready)
-        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
+        self.metrics.sizes(self.index.store.count)
         for doc in mine:
             doc.embedding = doc.thumbnail = doc.blob = None
         return self._stamped(docs)
@@ -199,7 +199,7 @@ class CrossmodalIndexer(Executor):
         docs_allowed = identity.deletable(mine, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
         for doc, status in zip(docs_allowed, self.index.delete([d.id for d in docs_allowed])):
             doc.status = status
-        self.metrics.sizes({m: self.index.store.count(m) for m in MODALITIES})
+        self.metrics.sizes(self.index.store.count)
         return self._stamped(docs)
 
     @requests(on="/stats")
