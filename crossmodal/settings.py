@@ -61,6 +61,7 @@ class Limits:
     max_cluster_size: int = 200  # HDBSCAN min_cluster_size / min_samples upper bound
     embedding_norm_tolerance: float = 1e-3  # stored embeddings are unit vectors
     max_feedback_ids: int = 1000  # ids per 'positive' / 'negative' list of /refine
+    max_owner_names_listed: int = 10_000  # a shard's /stats lists its owners (exact total) up to this many
 
 
 LIMITS = Limits()

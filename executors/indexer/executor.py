@@ -23,8 +23,6 @@ from crossmodal.recommend.pick import shard_candidates
 from crossmodal.serve.metrics import IndexMetrics
 from crossmodal.settings import INDEX, LIMITS, MODALITIES
 
-OWNER_NAMES_LISTED = 10_000  # /stats lists a shard's owners (for an exact total) up to this many
-
 
 class CrossmodalIndexer(Executor):
     """SQLite is the source of truth; one FAISS index per modality is derived from it.
@@ -206,7 +204,7 @@ class CrossmodalIndexer(Executor):
     def stats(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         tags = {**self.index.stats(), **asdict(self.calibration)}  # the page starts its cut-off there
         if self.shards > 1:
-            listed = tags["owners"] <= OWNER_NAMES_LISTED
+            listed = tags["owners"] <= LIMITS.max_owner_names_listed
             tags.update(owners_listed=listed, owner_names=self.index.store.owner_names() if listed else [])
         return self._stamped(DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=tags)]))
 
