@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics", type=int, nargs="?", const=OPS.metrics_port, metavar="PORT",
                    help=f"query, export: Prometheus metrics on the gateway at PORT (default {OPS.metrics_port}), "
                         f"executors on ports listed at start")
+    p.add_argument("--no-calibrate", action="store_false", dest="calibrate",
+                   help="index, query: serve a model that has no recorded thresholds with the defaults "
+                        "instead of measuring them on first load")
     p.add_argument("--feedback", type=int, metavar="ROUNDS",
                    help="eval: simulate ROUNDS of relevance feedback (/refine) per query instead")
     p.add_argument("--relevance", choices=["caption", "pair"], default="caption",
@@ -97,7 +100,7 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
         host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots), precision=args.precision,
         auth=serving and auth_wanted(args), shards=args.shards, replicas=args.replicas,
-        metrics_port=args.metrics,
+        metrics_port=args.metrics, calibrate=args.calibrate,
     )
 
 

@@ -150,6 +150,9 @@ class ServiceConfig:
     # ports listed at start; None: off
     metrics_port: Optional[int] = None
     request_log: bool = True  # one JSON line per request on the gateway's stderr (crossmodal/serve/requestlog.py)
+    # a model without recorded thresholds is calibrated on first load into the workspace
+    # (crossmodal/serve/flow.ensure_calibration); one-shot evaluations turn it off
+    calibrate: bool = True
 
     def __post_init__(self):
         for name in ("shards", "replicas"):

@@ -129,3 +129,51 @@ def test_two_interest_user_gets_both_interests_with_the_demo_model(tmp_path):
                                  {"username": "me", "k": 10, "novelty_threshold": 0.5})
         strict = [m["id"] for m in body["data"][0]["from_image"]["image_matches"]]
         assert not any("-circle-220-" in p or "-square-35-" in p for p in strict), strict
+
+
+def test_workspace_calibration_counts_only_for_the_model_it_measured(tmp_path):
+    from crossmodal.model.calibration import find_calibration, workspace_calibration_path
+
+    path = workspace_calibration_path(tmp_path)
+    path.write_text(json.dumps({"novelty_threshold": 0.97, "measured": {"model": "tiny-clip/a.pt"}}))
+    assert find_calibration(None, "tiny-clip/a.pt", tmp_path) == path
+    assert load_calibration(None, "tiny-clip/a.pt", tmp_path).novelty_threshold == 0.97
+    assert find_calibration(None, "tiny-clip/b.pt", tmp_path) is None  # measured for another model
+    assert load_calibration(None, "tiny-clip/b.pt", tmp_path) == Calibration()
+    assert find_calibration(str(DEMO), "demo-clip/x", tmp_path) == calibration_path(DEMO)  # beside the checkpoint wins
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="calibration.json.*delete it"):
+        find_calibration(None, "tiny-clip/a.pt", tmp_path)
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    """A tiny-clip checkpoint with no calibration beside it, as someone's own model would come."""
+    import subprocess
+    import sys
+
+    code = ("import sys, open_clip, torch; sys.path.insert(0, 'models'); "
+            "open_clip.add_model_config('models/tiny-clip.json'); torch.manual_seed(1); "
+            f"torch.save(open_clip.create_model('tiny-clip').state_dict(), {str(path)!r})")
+    subprocess.run([sys.executable, "-c", code], cwd=MODELS.parent, check=True, timeout=120)
+    return path
+
+
+def test_a_model_without_thresholds_is_calibrated_on_first_load_only(tmp_path):
+    """Issue 13: "calibrate it when a model is trained or first loaded" -- here, first loaded."""
+    checkpoint = _tiny_checkpoint(tmp_path / "mine.pt")
+    workspace = tmp_path / "ws"
+    args = ("--model", "tiny-clip", "--pretrained", str(checkpoint))
+    with Server(workspace, free_port(), free_port(), *args) as server:
+        recorded = json.loads((workspace / "calibration.json").read_text())
+        assert recorded["measured"]["model"].startswith("tiny-clip/mine.pt@")  # the label the workspace records
+        status, body = http_post(server.http_port, "/stats", [])
+        tags = body["data"][0]["tags"]
+        assert tags["calibrated"] is True and tags["novelty_threshold"] == recorded["novelty_threshold"]
+        assert tags["relevance_threshold"] == recorded["relevance_threshold"]
+    assert "has no calibration yet" in server.log.read_text()
+    with Server(workspace, free_port(), free_port(), *args) as again:  # measured once: read back, not redone
+        assert http_post(again.http_port, "/stats", [])[1]["data"][0]["tags"]["calibrated"] is True
+    assert "has no calibration yet" not in again.log.read_text()
+    with Server(tmp_path / "ws2", free_port(), free_port(), *args, "--no-calibrate") as skipped:
+        assert http_post(skipped.http_port, "/stats", [])[1]["data"][0]["tags"]["calibrated"] is False
+    assert not (tmp_path / "ws2" / "calibration.json").exists()

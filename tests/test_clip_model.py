@@ -35,6 +35,25 @@ def test_local_checkpoint_and_random_weights_resolve_without_network(tmp_path):
     assert resolve("tiny-clip", "none").checkpoint is None
 
 
+def test_retrained_weights_under_the_same_name_are_another_model(tmp_path):
+    """The label a workspace records names the checkpoint's bytes, so old embeddings are
+    never mixed with those of weights retrained under the same file name."""
+    from crossmodal.index.store import Store, WorkspaceError
+
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(b"first training run")
+    before = resolve("tiny-clip", str(checkpoint)).label
+    assert before.startswith("tiny-clip/weights.pt@") and before == resolve("tiny-clip", str(checkpoint)).label
+    store = Store(tmp_path / "ws")
+    store.bind_model(before, 32)
+    checkpoint.write_bytes(b"second training run")
+    after = resolve("tiny-clip", str(checkpoint)).label
+    assert after != before
+    with pytest.raises(WorkspaceError, match="retrained under the same file name"):
+        store.bind_model(after, 32)
+    store.close()
+
+
 def test_cli_reports_missing_weights_as_one_clear_line(tmp_path):
     done = run_app("-t", "index", "--data", str(tmp_path), "--workspace", str(tmp_path / "ws"),
                    "--model", "ViT-B-32", "--pretrained", "openai", timeout=120)

@@ -161,3 +161,25 @@ def test_unknown_ids_are_named_but_never_echoed_whole(index):
     with pytest.raises(RequestError) as err:
         refine(index, QUERY, parse_refine_params({"positive": [long_id]}))
     assert "unknown id(s)" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_people_who_want_more_than_they_typed_want_exactly_one_attribute_more(tmp_path):
+    """`-t eval --feedback`'s third kind of person: the query's attributes plus one."""
+    from crossmodal.train.datagen import sample_specs
+    from crossmodal.train.describe import ATTRIBUTES, parse_caption, short_queries
+    from crossmodal.train.feedback_eval import narrowed_queries
+
+    specs = sample_specs(400, seed=5, n_distinct=20)
+    rows = [(tmp_path / f"img_{i}.png", s.caption()) for i, s in enumerate(specs)]
+    scenes = {p.name: parse_caption(c) for p, c in rows}
+    queries = narrowed_queries(rows, tmp_path, 60, 7, depth=15)
+    assert queries and queries == narrowed_queries(rows, tmp_path, 60, 7, depth=15)  # reproducible
+    described = {d.text: d for d in short_queries(sorted(set(specs), key=str), 60, 7)}
+    for _, text, relevant in queries:
+        named = described[text].attributes
+        assert len(relevant) >= 15
+        matching = {name for name, s in scenes.items() if described[text].matches(s)}
+        assert relevant < matching  # strictly narrower than what was typed ...
+        one_more = [{n for n in matching if getattr(scenes[n], a) == value}
+                    for a in ATTRIBUTES if a not in named for value in {getattr(scenes[n], a) for n in relevant}]
+        assert relevant in one_more, text  # ... by one value of one attribute the query did not name

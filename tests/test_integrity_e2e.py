@@ -172,6 +172,20 @@ def test_too_many_documents_refused_up_front(server):
     assert len(json.dumps(body)) < 1000
 
 
+def test_refusals_reach_a_page_on_another_origin(server):
+    """The guard answers before Jina's CORS layer; without the header a browser on another
+    origin would see a network error instead of the 413 and its reason."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"data": [{}] * (LIMITS.max_docs_per_request + 1)}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/index", data=body, headers={
+        "Content-Type": "application/json", "Origin": "http://elsewhere.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413 and refused.value.headers["access-control-allow-origin"] == "*"
+
+
 def test_oversized_body_refused_without_reading_it(server):
     size = LIMITS.max_body_bytes + 1
     status, body = raw_http(server.http_port, f"POST /index HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"

@@ -177,7 +177,8 @@ class Store:
             raise WorkspaceError(
                 f"workspace {self.path.parent} holds embeddings of model {stored_model!r} "
                 f"(dim {stored_dim}), but the server runs {model!r} (dim {dim}); use the same "
-                "--model/--pretrained or another --workspace"
+                "--model/--pretrained or another --workspace (the @digest names the checkpoint's bytes: "
+                "weights retrained under the same file name are another model, so index again)"
             )
 
     @property

@@ -3,8 +3,11 @@
 A cosine of 0.95 is a near-copy for one model and an ordinary neighbour for
 another, and "relevant" starts at different scores for text->image and
 image->image. So the thresholds are measured per model (``crossmodal.train.calibrate``)
-and stored as ``<checkpoint>.calibration.json``; a model without one gets the
-uncalibrated defaults of ``settings.CALIBRATION``.
+and stored as ``<checkpoint>.calibration.json``. A model that came without one (a
+pretrained tag from the hub cache, someone's checkpoint) is calibrated on its first load
+into the workspace, as ``<workspace>/calibration.json`` naming the model it measured
+(``serve.flow.ensure_calibration``); until then, or with ``--no-calibrate``, the
+uncalibrated defaults of ``settings.CALIBRATION`` serve.
 """
 from __future__ import annotations
 
@@ -59,11 +62,30 @@ def calibration_path(checkpoint: str | Path) -> Path:
     return path.with_name(path.stem + ".calibration.json")
 
 
-def load_calibration(checkpoint: Optional[str]) -> Calibration:
-    """The calibration recorded with ``checkpoint``, or the defaults when none was."""
-    if checkpoint is None or not calibration_path(checkpoint).is_file():
+def workspace_calibration_path(workspace: str | Path) -> Path:
+    return Path(workspace) / "calibration.json"
+
+
+def find_calibration(checkpoint: Optional[str], label: str, workspace: Optional[str | Path] = None) -> Optional[Path]:
+    """Where this model's calibration is recorded: beside its checkpoint, else in the
+    workspace when it was measured for this very model (``label``); None when nowhere."""
+    if checkpoint is not None and calibration_path(checkpoint).is_file():
+        return calibration_path(checkpoint)
+    if workspace is None or not workspace_calibration_path(workspace).is_file():
+        return None
+    path = workspace_calibration_path(workspace)
+    try:
+        measured = json.loads(path.read_text()).get("measured", {}).get("model")
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: not a calibration file ({err}); delete it to measure again") from err
+    return path if measured == label else None
+
+
+def load_calibration(checkpoint: Optional[str], label: str = "", workspace: Optional[str | Path] = None) -> Calibration:
+    """The calibration recorded for this model (``find_calibration``), or the defaults."""
+    path = find_calibration(checkpoint, label, workspace)
+    if path is None:
         return Calibration()
-    path = calibration_path(checkpoint)
     try:
         return Calibration.from_json(path.read_text())
     except (ValueError, TypeError, AttributeError) as err:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Callable, Mapping, Optional
 import grpc
 
 from crossmodal.index.users import User, Users, signature, signing_key
+from crossmodal.serve.asgi import send_json
 from crossmodal.settings import AUTH, AuthSettings
 
 REFUSED = "unauthenticated: a valid token is required (HTTP 'Authorization: Bearer <token>', gRPC metadata 'authorization')"
@@ -102,20 +102,12 @@ class HTTPAuthMiddleware:
             header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
             user = await self.auth.user(bearer(header))
             if user is None:
-                return await _send_401(send)
+                return await send_json(scope, send, 401, {"detail": REFUSED}, ((b"www-authenticate", b"Bearer"),))
         reset = _HTTP_USER.set(user)
         try:
             await self.app(scope, receive, send)
         finally:
             _HTTP_USER.reset(reset)
-
-
-async def _send_401(send) -> None:
-    body = json.dumps({"detail": REFUSED}).encode()
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", b"Bearer")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def guard_streamer(streamer) -> None:

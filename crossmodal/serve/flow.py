@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from crossmodal.index.users import KEY_ENV
-from crossmodal.model.calibration import load_calibration
+from crossmodal.model.calibration import find_calibration, load_calibration, workspace_calibration_path
 from crossmodal.settings import EXECUTOR_HOST, FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
 if TYPE_CHECKING:  # resolving models imports torch: only where a Flow starts (adduser stays fast)
@@ -56,7 +56,7 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_DATA_ROOTS": os.pathsep.join(str(Path(r).resolve()) for r in cfg.data_roots),
         "CROSSMODAL_AUTH": "1" if cfg.auth else "0",  # read by the gateway and the executors
         KEY_ENV: secrets.token_hex(32),  # the gateway signs the acting user with it (api/identity.py)
-        "CROSSMODAL_CALIBRATION": load_calibration(spec.checkpoint).to_json(),
+        "CROSSMODAL_CALIBRATION": load_calibration(spec.checkpoint, spec.label, cfg.workspace).to_json(),
         "CROSSMODAL_MONITORING": "true" if cfg.metrics_port is not None else "false",
         "CROSSMODAL_METRICS_PORT": str(cfg.metrics_port or free_port()),  # unused when off
         "CROSSMODAL_REQUEST_LOG": "1" if cfg.request_log else "0",  # read by the gateway
@@ -88,12 +88,40 @@ def preflight(cfg: ServiceConfig, spec: ModelSpec) -> None:
             lock.release()
 
 
+def ensure_calibration(cfg: ServiceConfig, spec: ModelSpec) -> Optional[Path]:
+    """Measure the thresholds of a model that came without them, once per workspace.
+
+    A pretrained tag or someone's checkpoint has no ``.calibration.json`` beside it, and
+    0.95 is not "near-duplicate" for every model (issue 13). Calibration loads both towers,
+    so it runs in a child process (this one, and the gateway forked from it, never import
+    torch); a failure leaves the defaults in place with a warning instead of blocking start.
+    """
+    import subprocess
+    import sys
+
+    if not cfg.calibrate or spec.checkpoint is None or find_calibration(spec.checkpoint, spec.label, cfg.workspace):
+        return None
+    out = workspace_calibration_path(cfg.workspace)
+    print(f"{spec.label} has no calibration yet: measuring its near-duplicate and relevance thresholds once, "
+          f"into {out} (--no-calibrate skips this)", file=sys.stderr, flush=True)
+    model = cfg.model or spec.name  # as given: a config file outside models/ resolves in the child too
+    cmd = [sys.executable, "-m", "crossmodal.train.calibrate", "--model", model, "--pretrained", spec.pretrained,
+           "--device", cfg.device, "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **JINA_QUIET})
+    if done.returncode != 0 or not out.is_file():
+        print(f"WARNING: calibrating {spec.label} failed (exit {done.returncode}): serving with the uncalibrated "
+              f"defaults; run `{' '.join(cmd[1:])}` to see why", file=sys.stderr, flush=True)
+        return None
+    return out
+
+
 def build_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None):
     """The Flow object, not started. Resolves the model once for every executor."""
     from crossmodal.model.resolve import resolve
 
     spec = spec or resolve(cfg.model, cfg.pretrained)
     preflight(cfg, spec)
+    ensure_calibration(cfg, spec)
     os.environ.update(flow_env(cfg, spec))
     from jina import Flow
 

@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:  # py_modules loading does not put the repository 
     sys.path.insert(0, str(ROOT))
 
 from crossmodal.serve import requestlog  # noqa: E402
+from crossmodal.serve.asgi import send_json  # noqa: E402
 from crossmodal.serve.auth import OPEN_GRPC_SERVICES, Authenticator, GRPCAuthInterceptor, add_http_auth  # noqa: E402
 from crossmodal.serve.orchestrate import orchestrate  # noqa: E402
 from crossmodal.settings import LIMITS, Limits  # noqa: E402
@@ -106,13 +107,6 @@ def value_error(name: str, value, depth: int) -> Optional[tuple[str, str]]:
     return None
 
 
-async def _answer(send, refused: Refused) -> None:
-    body = json.dumps(refused.body).encode()
-    await send({"type": "http.response.start", "status": refused.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def guard_requests(app, limits: Limits = LIMITS):
     """ASGI middleware: refuse oversized or client-routed requests before they are parsed.
 
@@ -124,14 +118,14 @@ def guard_requests(app, limits: Limits = LIMITS):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         if "\x00" in scope["path"]:
-            return await _answer(send, Refused(400, "path: contains a NUL character", field="path"))
+            return await send_json(scope, send, 400, {"detail": "path: contains a NUL character", "field": "path"})
         if scope["method"] != "POST":
             return await app(scope, receive, send)
         too_big = Refused(413, f"body: larger than max_body_bytes={limits.max_body_bytes}",
                           limit="max_body_bytes")
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return await _answer(send, too_big)
+            return await send_json(scope, send, too_big.status, too_big.body)
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -140,12 +134,12 @@ def guard_requests(app, limits: Limits = LIMITS):
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limits.max_body_bytes:
-                return await _answer(send, too_big)
+                return await send_json(scope, send, too_big.status, too_big.body)
             more = message.get("more_body", False)
         body = b"".join(chunks)
         refused = refusal(body, limits)
         if refused is not None:
-            return await _answer(send, refused)
+            return await send_json(scope, send, refused.status, refused.body)
         replayed = False
 
         async def replay():

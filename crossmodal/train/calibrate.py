@@ -19,7 +19,9 @@
   that nonsense mostly gets "no close match".
 
 ``python -m crossmodal.train.calibrate --model demo-clip`` writes
-``<checkpoint>.calibration.json``; ``finetune`` runs it after training.
+``<checkpoint>.calibration.json``; ``finetune`` runs it after training, and a service
+runs it with ``--out <workspace>/calibration.json`` the first time it loads a model that
+came without one (``serve.flow.ensure_calibration``).
 """
 from __future__ import annotations
 
@@ -98,6 +100,15 @@ def _pairs(sims: np.ndarray, match: np.ndarray, skip_diagonal: bool) -> tuple[np
     return sims[match & keep], sims[~match & keep]
 
 
+def _encode(encode, tower, items: list, bar: tqdm, chunk: int = 64) -> np.ndarray:
+    """``encode(tower, items)`` in chunks, so a large model's minutes of encoding show progress."""
+    out = []
+    for start in range(0, len(items), chunk):
+        out.append(encode(tower, items[start:start + chunk]))
+        bar.update(len(items[start:start + chunk]))
+    return np.concatenate(out)
+
+
 def _summary(values: np.ndarray) -> dict:
     return {q: round(float(np.quantile(values, p)), 4)
             for q, p in (("p01", 0.01), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
@@ -119,16 +130,19 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     redrawn = [render(s, rng) for s in scenes]  # the same scene drawn anew: someone else's post
     descriptions = [describe(rng.choice(scenes), rng) for _ in range(n_texts)]
     texts = [d.text for d in descriptions]
-    image_tower = load_image_tower(spec, device)
-    img, img_copy = encode_images(image_tower, images), encode_images(image_tower, copies)
-    img_redrawn = encode_images(image_tower, redrawn)
-    img_noise = encode_images(image_tower, [noise_image(rng) for _ in range(n_images // 4)])
-    del image_tower
-    text_tower = load_text_tower(spec, device)
-    txt = encode_texts(text_tower, texts)
-    txt_copy = encode_texts(text_tower, [altered_text(t, rng) for t in texts])
-    known = {w for d in descriptions for w in d.text.split()} | {w for s in scenes for w in s.caption().split()}
-    txt_off = encode_texts(text_tower, off_topic_texts(n_texts // 4, rng, list(text_tower.transform.encoder), known))
+    noise = [noise_image(rng) for _ in range(n_images // 4)]
+    altered = [altered_text(t, rng) for t in texts]
+    with tqdm(total=3 * n_images + len(noise) + 2 * n_texts + n_texts // 4, desc=f"calibrate {spec.label}",
+              unit="item") as bar:
+        image_tower = load_image_tower(spec, device)
+        img, img_copy, img_redrawn, img_noise = (_encode(encode_images, image_tower, batch, bar)
+                                                 for batch in (images, copies, redrawn, noise))
+        del image_tower
+        text_tower = load_text_tower(spec, device)
+        known = {w for d in descriptions for w in d.text.split()} | {w for s in scenes for w in s.caption().split()}
+        off = off_topic_texts(n_texts // 4, rng, list(text_tower.transform.encoder), known)
+        txt, txt_copy, txt_off = (_encode(encode_texts, text_tower, batch, bar)
+                                  for batch in (texts, altered, off))
     image_copies, text_copies = (img * img_copy).sum(1), (txt * txt_copy).sum(1)
     copy_sims = np.concatenate([image_copies, text_copies])
     same_text = np.array([[a == b for b in texts] for a in texts])
@@ -166,10 +180,13 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     return calibration, report
 
 
-def write(calibration: Calibration, report: dict, checkpoint: str | Path) -> Path:
-    """``<checkpoint>.calibration.json``: the thresholds plus what they were measured on."""
-    path = calibration_path(checkpoint)
-    path.write_text(json.dumps({**json.loads(calibration.to_json()), "measured": report}, indent=2) + "\n")
+def write(calibration: Calibration, report: dict, checkpoint: str | Path, out: Optional[Path] = None) -> Path:
+    """``<checkpoint>.calibration.json`` (or ``out``): the thresholds plus what they were
+    measured on. Written whole, then renamed: a reader never sees half a file."""
+    path = Path(out) if out is not None else calibration_path(checkpoint)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({**json.loads(calibration.to_json()), "measured": report}, indent=2) + "\n")
+    partial.replace(path)
     return path
 
 
@@ -179,14 +196,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--pretrained", default=None, help="checkpoint (default models/<model>.pt)")
     parser.add_argument("--seed", type=int, default=CALIBRATION.seed)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: beside the checkpoint)")
+    parser.add_argument("--images", type=int, default=CALIBRATION.images, help="scenes rendered")
+    parser.add_argument("--texts", type=int, default=CALIBRATION.texts, help="descriptions written")
     args = parser.parse_args(argv)
     from crossmodal.model.resolve import resolve
 
     spec = resolve(args.model, args.pretrained)
     if spec.checkpoint is None:
-        raise SystemExit(f"--pretrained: {spec.label} has no checkpoint file to record a calibration beside")
-    calibration, report = measure(args.model, args.pretrained, args.seed, device=args.device)
-    path = write(calibration, report, spec.checkpoint)
+        raise SystemExit(f"--pretrained: {spec.label} has random weights: there is nothing to calibrate")
+    calibration, report = measure(args.model, args.pretrained, args.seed, args.images, args.texts, args.device)
+    path = write(calibration, report, spec.checkpoint, args.out)
     print(f"calibrated {spec.label}: novelty_threshold {calibration.novelty_threshold}, "
           f"relevance {calibration.relevance_threshold} -> {path}")
 

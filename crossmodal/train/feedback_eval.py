@@ -4,9 +4,15 @@ A simulated person searches, then each round marks the top ``k`` results it has 
 marked yet against the ground truth (relevant -> ``positive``, else ``negative``) and
 asks ``/refine``. Marked items never come back, so each round's P@k is over results the
 person has not seen: what a round adds, not what it repeats.
+
+Two kinds of person: one who wants what they typed (relevant = every attribute the query
+names), and one who wants more than they typed ("circles", but red ones: one attribute
+more, taken from a scene the query matches). The second is what feedback is for once the
+model understands the query itself.
 """
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +59,28 @@ def simulate(client, queries: Sequence[Query], rounds: int, method: str, k: int 
     return [float(np.mean(p)) for p in per_round]
 
 
+def narrowed_queries(rows: list[tuple[Path, str]], images_dir: Path, n: int, seed: int, depth: int) -> list[Query]:
+    """Short queries whose person wants one attribute more than the query names, with at
+    least ``depth`` relevant images each (generated captions only)."""
+    from crossmodal.train.describe import ATTRIBUTES, parse_caption, short_queries
+
+    scenes = {p.relative_to(images_dir).as_posix(): parse_caption(c) for p, c in rows}
+    rng = random.Random(f"narrowed-{seed}")
+    queries = []
+    for i, described in enumerate(short_queries(sorted(set(scenes.values()), key=str), n, seed)):
+        matching = [s for s in scenes.values() if described.matches(s)]
+        # only attributes that split what the query matches: the person wants strictly more
+        free = [a for a in ATTRIBUTES if a not in described.attributes and len({getattr(s, a) for s in matching}) > 1]
+        if not free:
+            continue
+        extra = rng.choice(free)
+        wanted = {**described.attributes, extra: getattr(rng.choice(matching), extra)}
+        relevant = {name for name, s in scenes.items() if all(getattr(s, a) == v for a, v in wanted.items())}
+        if len(relevant) >= depth:
+            queries.append((f"narrowed{i}", described.text, relevant))
+    return queries
+
+
 def feedback_table(results: dict[str, dict[str, list[float]]]) -> str:
     rounds = len(next(iter(next(iter(results.values())).values())))
     lines = [f"{'queries':<14}{'method':<10}" + "".join(f"{f'P@10 r{r}':>10}" for r in range(rounds))]
@@ -84,11 +112,14 @@ def evaluate_feedback(captions_csv: Path, images_dir: Path, model: Optional[str]
     if query_sets is None:
         short = ShortQueryTruth(rows, Path(images_dir), EVAL.short_queries, EVAL.short_query_seed, depth)
         query_sets = {"full captions": [q for q in truth.text_queries if len(q[2]) >= depth],
-                      "short queries": short.text_queries}
+                      "short queries": short.text_queries,
+                      "wants more": narrowed_queries(rows, Path(images_dir), EVAL.short_queries,
+                                                     EVAL.short_query_seed, depth)}
     spec = resolve(model, pretrained)
     with tempfile.TemporaryDirectory(prefix="crossmodal-feedback-") as workspace:
         cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
-                            grpc_port=free_port(), http_port=free_port(), device=device)
+                            grpc_port=free_port(), http_port=free_port(), device=device,
+                            calibrate=False, request_log=False)
         with running_flow(cfg, spec) as client:
             index_ground_truth(client, truth, batch_size)
             results = {name: {m: simulate(client, queries, rounds, m) for m in METHODS}
