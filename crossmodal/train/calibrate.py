@@ -106,7 +106,7 @@ def _encode(encode, tower, items: list, bar: tqdm, chunk: int = 64) -> np.ndarra
     for start in range(0, len(items), chunk):
         out.append(encode(tower, items[start:start + chunk]))
         bar.update(len(items[start:start + chunk]))
-    return np.concatenate(out)
+    return np.concatenate(out) if out else encode(tower, items)  # none: an empty (0, dim) array
 
 
 def _summary(values: np.ndarray) -> dict:
