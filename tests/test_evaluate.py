@@ -58,7 +58,7 @@ def test_eval_cli_through_the_flow_reports_bounded_metrics(tmp_path):
 
 def test_short_queries_are_relevant_to_every_image_with_their_attributes(tmp_path):
     from crossmodal.train.describe import parse_caption
-    from crossmodal.train.evaluate import ShortQueryTruth, _short_truth
+    from crossmodal.train.evaluate import ShortQueryTruth, short_query_truth
 
     data = generate_dataset(tmp_path / "d", n_images=40, seed=23, n_distinct=4, image_size=48, progress=False)
     rows = read_captions(data / "captions.csv", data / "images")
@@ -70,6 +70,6 @@ def test_short_queries_are_relevant_to_every_image_with_their_attributes(tmp_pat
     for query_id, text, relevant in truth.text_queries:
         assert relevant == {i for i, s in scenes.items() if by_text[text].matches(s)}
         assert all(query_id in truth.image_relevant[i] for i in relevant)
-    assert _short_truth(rows, data / "images", "pair", 10, 30, 1) is None  # Flickr-style: scenes unknown
+    assert short_query_truth(rows, data / "images", "pair", 10, 30, 1) is None  # Flickr-style: scenes unknown
     flickr = [(p, "a dog runs") for p, _ in rows]
-    assert _short_truth(flickr, data / "images", "caption", 10, 30, 1) is None
+    assert short_query_truth(flickr, data / "images", "caption", 10, 30, 1) is None

@@ -13,6 +13,7 @@ model trained by this project (``models/demo-clip``) and says so loudly.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -215,8 +216,6 @@ def fingerprint(path: str) -> str:
 
 @lru_cache(maxsize=16)
 def _fingerprint(path: str, size: int, mtime_ns: int) -> str:
-    import hashlib
-
     digest = hashlib.blake2b(digest_size=4)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -111,7 +111,7 @@ class GroundTruth:
         self.image_relevant = {i: set().union(*(texts_with[key] for key in image_keys[i])) for i in self.images}
 
 
-def _short_truth(rows: list[tuple[Path, str]], images_dir: Path, relevance: str, depth: int, n: int,
+def short_query_truth(rows: list[tuple[Path, str]], images_dir: Path, relevance: str, depth: int, n: int,
                  seed: int) -> Optional[ShortQueryTruth]:
     """None where the captions are not the generator's (Flickr): their scenes are unknown."""
     from crossmodal.train.describe import parse_caption
@@ -202,7 +202,7 @@ def evaluate(captions_csv: Path, images_dir: Path, model: Optional[str], pretrai
         "depth": k,  # rankings are cut here: R@k and mAP count deeper relevant items as misses
         **scored(truth),
     }
-    short = _short_truth(rows, Path(images_dir), relevance, k, short_queries, short_seed)
+    short = short_query_truth(rows, Path(images_dir), relevance, k, short_queries, short_seed)
     if short is not None:
         result["short_queries"] = {"seed": short_seed, "texts": len(short.texts), **scored(short)}
     result["seconds"] = round(time.time() - start, 1)

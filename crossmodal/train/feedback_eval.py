@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from crossmodal.inputs.captions import read_captions
 from crossmodal.settings import EVAL
-from crossmodal.train.evaluate import GroundTruth, ShortQueryTruth, index_ground_truth
+from crossmodal.train.evaluate import GroundTruth, index_ground_truth, short_query_truth
 from crossmodal.train.metrics import precision_at_k
 
 METHODS = ("rocchio", "linear")
@@ -110,11 +110,12 @@ def evaluate_feedback(captions_csv: Path, images_dir: Path, model: Optional[str]
     truth = GroundTruth(rows, Path(images_dir), "caption")
     depth = 10 * (rounds + 1)
     if query_sets is None:
-        short = ShortQueryTruth(rows, Path(images_dir), EVAL.short_queries, EVAL.short_query_seed, depth)
-        query_sets = {"full captions": [q for q in truth.text_queries if len(q[2]) >= depth],
-                      "short queries": short.text_queries,
-                      "wants more": narrowed_queries(rows, Path(images_dir), EVAL.short_queries,
-                                                     EVAL.short_query_seed, depth)}
+        query_sets = {"full captions": [q for q in truth.text_queries if len(q[2]) >= depth]}
+        short = short_query_truth(rows, Path(images_dir), "caption", depth, EVAL.short_queries, EVAL.short_query_seed)
+        if short is not None:  # generated captions: their scenes, hence short queries, are known
+            query_sets["short queries"] = short.text_queries
+            query_sets["wants more"] = narrowed_queries(rows, Path(images_dir), EVAL.short_queries,
+                                                        EVAL.short_query_seed, depth)
     spec = resolve(model, pretrained)
     with tempfile.TemporaryDirectory(prefix="crossmodal-feedback-") as workspace:
         cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
