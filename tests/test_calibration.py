@@ -151,7 +151,7 @@ def _tiny_checkpoint(path: Path) -> Path:
     import subprocess
     import sys
 
-    code = ("import sys, open_clip, torch; sys.path.insert(0, 'models'); "
+    code = ("import open_clip, torch; "
             "open_clip.add_model_config('models/tiny-clip.json'); torch.manual_seed(1); "
             f"torch.save(open_clip.create_model('tiny-clip').state_dict(), {str(path)!r})")
     subprocess.run([sys.executable, "-c", code], cwd=MODELS.parent, check=True, timeout=120)

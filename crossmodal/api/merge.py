@@ -96,23 +96,27 @@ def stats_answer(shards: Shards) -> DocList[ContentDoc]:
     return DocList[ContentDoc]([ContentDoc(id="stats", status="ok", tags=total)])
 
 
+def _joined(packed: list, dim: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Several shards' packed posts as one (ids, modalities, embeddings, created_at)."""
+    parts = [convert.posts(p, dim) for p in packed]
+    return ([i for p in parts for i in p[0]], [m for p in parts for m in p[1]],
+            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
+
+
 def posts_answer(shards: Shards, dim: int, limit: int = LIMITS.max_recommend_history) -> DocList[ContentDoc]:
     """/history, /labels: every shard's posts together (oldest first, the ``limit`` most recent
     per modality, as one store would give them), and their samples together."""
     out = []
     for copies in _aligned(shards):
         doc = copies[0]
-        parts = [convert.posts(c.posts, dim) for c in copies]
-        ids, modalities = [i for p in parts for i in p[0]], [m for p in parts for m in p[1]]
-        emb, times = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
+        ids, modalities, emb, times = _joined([c.posts for c in copies], dim)
         order = sorted(range(len(ids)), key=lambda r: (times[r], ids[r]))
         kept = sorted((r for m in MODALITIES for r in [r for r in order if modalities[r] == m][-limit:]),
                       key=lambda r: (times[r], ids[r]))
         doc.posts = convert.post_docs([ids[r] for r in kept], [modalities[r] for r in kept], emb[kept], times[kept])
         if any(c.sample is not None for c in copies):
-            samples = [convert.posts(c.sample, dim) for c in copies]
-            doc.sample = convert.post_docs([i for p in samples for i in p[0]], [m for p in samples for m in p[1]],
-                                           np.concatenate([p[2] for p in samples]))
+            ids, modalities, emb, _ = _joined([c.sample for c in copies], dim)
+            doc.sample = convert.post_docs(ids, modalities, emb)
         out.append(doc)
     return DocList[ContentDoc](out)
 

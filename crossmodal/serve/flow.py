@@ -12,6 +12,8 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -96,9 +98,6 @@ def ensure_calibration(cfg: ServiceConfig, spec: ModelSpec) -> Optional[Path]:
     so it runs in a child process (this one, and the gateway forked from it, never import
     torch); a failure leaves the defaults in place with a warning instead of blocking start.
     """
-    import subprocess
-    import sys
-
     if not cfg.calibrate or spec.checkpoint is None or find_calibration(spec.checkpoint, spec.label, cfg.workspace):
         return None
     out = workspace_calibration_path(cfg.workspace)

@@ -107,6 +107,10 @@ def value_error(name: str, value, depth: int) -> Optional[tuple[str, str]]:
     return None
 
 
+async def _answer(scope, send, refused: Refused) -> None:
+    await send_json(scope, send, refused.status, refused.body)
+
+
 def guard_requests(app, limits: Limits = LIMITS):
     """ASGI middleware: refuse oversized or client-routed requests before they are parsed.
 
@@ -118,14 +122,14 @@ def guard_requests(app, limits: Limits = LIMITS):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         if "\x00" in scope["path"]:
-            return await send_json(scope, send, 400, {"detail": "path: contains a NUL character", "field": "path"})
+            return await _answer(scope, send, Refused(400, "path: contains a NUL character", field="path"))
         if scope["method"] != "POST":
             return await app(scope, receive, send)
         too_big = Refused(413, f"body: larger than max_body_bytes={limits.max_body_bytes}",
                           limit="max_body_bytes")
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return await send_json(scope, send, too_big.status, too_big.body)
+            return await _answer(scope, send, too_big)
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -134,12 +138,12 @@ def guard_requests(app, limits: Limits = LIMITS):
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limits.max_body_bytes:
-                return await send_json(scope, send, too_big.status, too_big.body)
+                return await _answer(scope, send, too_big)
             more = message.get("more_body", False)
         body = b"".join(chunks)
         refused = refusal(body, limits)
         if refused is not None:
-            return await send_json(scope, send, refused.status, refused.body)
+            return await _answer(scope, send, refused)
         replayed = False
 
         async def replay():
