@@ -66,3 +66,32 @@ def test_same_seed_same_random_weights():
     a = load_text_tower(resolve(TINY_MODEL, "none"))
     b = load_text_tower(resolve(TINY_MODEL, "none"))
     np.testing.assert_allclose(encode_texts(a, ["seeded"]), encode_texts(b, ["seeded"]))
+
+
+@pytest.mark.parametrize("size", [224, 48])
+def test_split_image_transform_is_the_whole_transform(size):
+    """The encoder resizes in its decode threads and makes tensors in its model thread: the two
+    halves must give exactly what open_clip's evaluation transform gives, for any image mode."""
+    from open_clip import image_transform
+    from PIL import Image
+
+    from crossmodal.model.encode import split_image_transform
+
+    whole = image_transform(size, is_train=False)
+    resize, to_tensor = split_image_transform(whole)
+    rng = np.random.default_rng(0)
+    for mode, shape in (("RGB", (480, 640, 3)), ("RGBA", (37, 301, 4)), ("L", (300, 200))):
+        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+        resized = resize(image)
+        assert isinstance(resized, Image.Image), "the first half must stay PIL (no torch in decode threads)"
+        assert torch.equal(to_tensor(resized), whole(image)), mode
+
+
+def test_split_image_transform_keeps_an_unknown_transform_whole():
+    from crossmodal.model.encode import split_image_transform
+
+    def custom(image):
+        return torch.zeros(3, 4, 4)
+
+    resize, to_tensor = split_image_transform(custom)
+    assert resize("as is") == "as is" and to_tensor is custom

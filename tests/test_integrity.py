@@ -187,3 +187,44 @@ def test_gateway_refuses_per_document_what_protobuf_cannot_carry():
     errors = _document_errors(docs, ContentDoc)
     assert list(errors) == [1] and errors[1].error.startswith("tags: cannot be carried")
     assert docs[2].embedding is None  # only the encoders make embeddings
+
+
+def test_http_answer_is_the_body_fastapi_would_have_built():
+    """The gateway renders Jina's HTTP answer itself (json_answer); the body must equal the one
+    FastAPI builds from ``to_dict()`` through the endpoint's output model, which it skips."""
+    import json
+    from typing import Dict, List, Optional
+
+    import pydantic
+    from docarray import BaseDoc
+    from fastapi.encoders import jsonable_encoder
+    from jina.types.request.data import DataRequest
+
+    from crossmodal.api.schemas import MatchDoc
+    from crossmodal.serve.gateway import json_answer
+
+    class Header(pydantic.BaseModel):  # Jina's HTTP header model (camelCase aliases)
+        request_id: Optional[str] = pydantic.Field(alias="requestId")
+        target_executor: Optional[str] = pydantic.Field(default=None, alias="targetExecutor")
+
+        class Config:
+            allow_population_by_field_name = True
+
+    output = pydantic.create_model("out", data=(List[ContentDoc], ...), parameters=(Optional[Dict], None),
+                                   header=(Optional[Header], None), __config__=BaseDoc.__config__)
+    docs = DocList[ContentDoc]([
+        ContentDoc(id="q", text="a query", status="ok", image_matches=[
+            MatchDoc(id="m1", owner="o", modality="image", score=0.5, thumbnail="data:image/jpeg;base64,AA=="),
+            MatchDoc(id="m2", owner="o", modality="image", score=0.25, tags={"n": 1, "x": [1, "a", None]})]),
+        ContentDoc(id="e", status="error", error="text: too long", tags={"nested": {"deep": True}})])
+    request = DataRequest()
+    request.document_array_cls = DocList[ContentDoc]
+    request.data.docs = docs
+    request.parameters = {"k": 5, "username": "alice"}
+    request.header.request_id = "abc"
+    for target in (None, ""):  # Jina's gateway sets "" on the requests it forwards
+        if target is not None:
+            request.header.target_executor = target
+        fastapi_body = jsonable_encoder(output.parse_obj(request.to_dict()), by_alias=True)
+        assert json.loads(json_answer(request).body) == fastapi_body
+    assert fastapi_body["header"]["requestId"] == "abc" and fastapi_body["data"][0]["image_matches"][1]["tags"]["n"] == 1

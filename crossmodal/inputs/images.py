@@ -100,7 +100,9 @@ def decode(data: bytes, limits: ImageLimits, field: str = "blob", min_size: Opti
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageInputError(f"{field}: decompression bomb rejected ({err})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:  # PIL's message names an in-memory object's address: nothing to a client
+        raise ImageInputError(f"{field}: not a decodable image (no image format recognised)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageInputError(f"{field}: not a decodable image ({err})") from None
 
 

@@ -18,6 +18,7 @@ import json
 import math
 import re
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -252,9 +253,27 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
         else:  # an endpoint that answers other documents than it got (/stats)
             merged.extend(bad[i] for i in sorted(bad))
         last.data.docs = DocList[doc_type](merged)
+        last.to_dict = partial(json_answer, last)
         yield last
 
     streamer.stream_docs = stream_docs
+
+
+def json_answer(response):
+    """The JSON body Jina's HTTP route answers with, rendered straight from the documents.
+
+    Jina's route returns ``response.to_dict()``, and FastAPI then validates it against the
+    endpoint's output model, rebuilding every document and match, and dumps it again: for
+    a 10-result query that was ~4 ms of the gateway's ~18 ms of CPU. Returning a response
+    object skips that second pass; the body is the same (tests/test_service_e2e.py).
+    """
+    from docarray.base_doc.docarray_response import DocArrayResponse
+
+    header = response.header
+    return DocArrayResponse({"data": list(response.docs), "parameters": response.parameters,
+                             "header": {"requestId": header.request_id or None,
+                                        "targetExecutor": header.target_executor
+                                        if header.HasField("target_executor") else None}})
 
 
 def add_ui(app, ui_dir: Path = UI_DIR, path: str = UI_PATH):

@@ -17,7 +17,7 @@ from crossmodal.api.schemas import ContentDoc  # noqa: E402
 from crossmodal.api.validate import mark_error  # noqa: E402
 from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri  # noqa: E402
 from crossmodal.model.batcher import ContinuousBatcher  # noqa: E402
-from crossmodal.model.encode import encode_pixels  # noqa: E402
+from crossmodal.model.encode import encode_pixels, split_image_transform  # noqa: E402
 from crossmodal.model.resolve import resolve  # noqa: E402
 from crossmodal.model.towers import load_image_tower  # noqa: E402
 from crossmodal.serve.encoder_executor import EncoderExecutor  # noqa: E402
@@ -33,7 +33,8 @@ class ClipImageEncoder(EncoderExecutor):
                  data_roots: Sequence[str] = (), thumbnail_size: int = ENCODER.thumbnail_size,
                  decode_threads: int = ENCODER.decode_threads, **kwargs):
         super().__init__(**kwargs)
-        self.tower = load_image_tower(resolve(model or None, pretrained or None), device)
+        self.tower = self.in_worker(load_image_tower, resolve(model or None, pretrained or None), device)
+        self.resize, self.to_tensor = split_image_transform(self.tower.transform)
         self.batch_size = batch_size
         roots = [data_roots] if isinstance(data_roots, str) else list(data_roots or ())
         self.limits = ImageLimits(max_bytes, max_pixels, tuple(r for r in roots if r))
@@ -45,14 +46,14 @@ class ClipImageEncoder(EncoderExecutor):
                                                    self.worker) for thumbs in (True, False)}
 
     def _prepare(self, doc: ContentDoc):
-        """Decode and preprocess one document; errors stay on the document."""
+        """Decode and resize one document (PIL only, in the pool); errors stay on the document."""
         try:
             image = decode(image_bytes(doc.blob, doc.uri, self.limits), self.limits,
                            field="blob" if doc.blob else "uri", min_size=self.decode_min_size)
         except ImageInputError as err:
             mark_error(doc, str(err))
             return None, None
-        return image, self.tower.transform(image)
+        return image, self.resize(image)
 
     def _thumbnail(self, doc: ContentDoc, image) -> None:
         doc.thumbnail = thumbnail_data_uri(image, self.thumbnail_size)
@@ -65,7 +66,7 @@ class ClipImageEncoder(EncoderExecutor):
             # thumbnails are written by the pool while the model encodes (one image: ~5% of a post)
             thumbs = [self.pool.submit(self._thumbnail, doc, image) for doc, image, _ in ready if with_thumbnail]
             if ready:
-                vectors = encode_pixels(self.tower, torch.stack([px for _, _, px in ready]))
+                vectors = encode_pixels(self.tower, torch.stack([self.to_tensor(px) for _, _, px in ready]))
                 for (doc, _, _), vector in zip(ready, vectors):
                     doc.embedding = vector
             for thumb in thumbs:

@@ -26,7 +26,8 @@ class ClipTextEncoder(EncoderExecutor):
                  device: str = "auto", batch_size: int = ENCODER.text_batch_size,
                  max_text_chars: int = LIMITS.max_text_chars, precision: str = ENCODER.text_precision, **kwargs):
         super().__init__(**kwargs)
-        self.tower = load_text_tower(resolve(model or None, pretrained or None), device, precision=precision)
+        self.tower = self.in_worker(load_text_tower, resolve(model or None, pretrained or None), device,
+                                    precision=precision)
         self.batch_size = batch_size
         self.limits = Limits(max_text_chars=max_text_chars)
         self.batcher = ContinuousBatcher(self._encode, ENCODER.batch_docs, self.worker)
