@@ -1,4 +1,4 @@
-# One image for every part of crossmodal: the four executors, the indexer's merger and the
+# One image for every part of crossmodal: the three executors, the indexer's merger and the
 # gateway (CrossmodalGateway: token checks, web page, request guards), with the Jina version
 # pinned in requirements.txt. `python app.py -t export` writes Docker Compose / Kubernetes
 # files whose services all run this image as `jina executor --uses <config> ...` or

@@ -6,7 +6,7 @@
     python app.py -t finetune --data DIR --out DIR   # contrastive fine-tuning (open_clip loss)
     python app.py -t eval --data DIR                 # Precision/Recall/nDCG@K through the Flow
     python app.py -t adduser NAME [--admin]          # create a user, print its token once
-    python app.py -t query --shards 2 --replicas 2   # the indexer in 2 shards, 2 of each encoder
+    python app.py -t query --shards 2 --replicas 2   # the indexer in 2 shards, 2 encoder replicas
     python app.py -t reshard --shards 4              # redistribute a stopped workspace over 4 shards
     python app.py -t export --format compose --out deploy   # Docker Compose / Kubernetes files
 """
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=DEFAULTS.shards,
                    help="index/query: the indexer runs as N shards, each owning part of the ids (WORKSPACE/shard-<i>)")
     p.add_argument("--replicas", type=int, default=DEFAULTS.replicas,
-                   help="index/query: each encoder runs as M replicas")
+                   help="index/query: the encoder (both towers) runs as M replicas")
     p.add_argument("--data-root", action="append", default=[], dest="data_roots",
                    help="folder whose images requests may name by local path (repeatable)")
     p.add_argument("--owner", default="demo", help="owner of items whose source names none")

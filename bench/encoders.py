@@ -49,7 +49,7 @@ def image_encoders(report: Report, images: list[bytes], batch_sizes, repeats: in
     """Plain open_clip encode_image (preprocessed tensors, best batch) vs our executor on bytes."""
     import open_clip
 
-    from executors.clip_image.executor import ClipImageEncoder
+    from executors.clip.executor import ClipEncoder
 
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(MODEL)
@@ -62,7 +62,7 @@ def image_encoders(report: Report, images: list[bytes], batch_sizes, repeats: in
 
     rates = {b: b / np.median(repeat(lambda b=b: plain(b), 2)) for b in batch_sizes}
     batch = max(rates, key=rates.get)
-    encoder = ClipImageEncoder(model=MODEL, pretrained="none", batch_size=batch)
+    encoder = ClipEncoder(model=MODEL, pretrained="none", image_batch_size=batch)
 
     def ours():  # the endpoint is a coroutine (it awaits the encoder's batcher)
         asyncio.run(encoder.index(DocList[ContentDoc]([ContentDoc(id=str(i), owner="b", modality="image", blob=b)

@@ -143,7 +143,7 @@ class ServiceConfig:
     stop_grace_s: float = 8.0
     auth: bool = False  # every endpoint needs a token (app.py turns it on off loopback)
     # scale-out (issue 16): the indexer runs as `shards` processes, each owning the ids that
-    # hash onto it (crossmodal/index/shards.py); each encoder runs as `replicas` processes
+    # hash onto it (crossmodal/index/shards.py); the encoder runs as `replicas` processes
     shards: int = 1
     replicas: int = 1
     # Prometheus metrics (Jina's monitoring) on the gateway at this port, executors on free

@@ -17,7 +17,7 @@ from crossmodal.settings import OPS, ROOT
 from tests.harness import run_app
 
 IMAGE = "registry.example/crossmodal:1.2"
-EXECUTORS = ("recommender", "clip_text", "clip_image", "indexer")
+EXECUTORS = ("recommender", "clip", "indexer")
 
 
 def shards_available() -> bool:
@@ -59,8 +59,7 @@ def arg(args: list, flag: str):
 def expected_names(shards: int, replicas: int) -> set:
     """Jina's naming: NAME-<shard>, NAME/rep-<replica>, NAME/head, NAME/uses-after."""
     names = {"recommender"}
-    for encoder in ("clip_text", "clip_image"):
-        names |= {f"{encoder}/rep-{r}" for r in range(replicas)} if replicas > 1 else {encoder}
+    names |= {f"clip/rep-{r}" for r in range(replicas)} if replicas > 1 else {"clip"}
     if shards > 1:
         names |= {f"indexer-{s}" for s in range(shards)} | {"indexer/head", "indexer/uses-after"}
     else:
@@ -191,7 +190,7 @@ def test_compose_listens_on_every_interface_and_exposes_metrics(compose):
 
 def test_compose_passes_the_model_as_baked_into_the_image(compose):
     doc, _, _ = compose
-    encoder = next(s for s in doc["services"].values() if (arg(s["command"], "--name") or "").startswith("clip_text"))
+    encoder = next(s for s in doc["services"].values() if (arg(s["command"], "--name") or "").startswith("clip"))
     with_ = json.loads(arg(encoder["command"], "--uses-with"))
     assert in_image(with_["pretrained"]).is_file()
     indexer = next(s for s in doc["services"].values()
@@ -218,8 +217,7 @@ def test_k8s_names_every_executor_shard_and_replica(k8s):
                 names.add(arg(container["args"], "--name"))
     # Kubernetes runs replicas as pods of one Deployment: no per-replica name
     assert names == {re.sub(r"/rep-\d+$", "", n) for n in expected_names(shards, replicas)}
-    for encoder in ("clip-text", "clip-image"):
-        assert next(d for d in workloads(docs) if d["metadata"]["name"] == encoder)["spec"]["replicas"] == replicas
+    assert next(d for d in workloads(docs) if d["metadata"]["name"] == "clip")["spec"]["replicas"] == replicas
 
 
 def test_k8s_runs_everything_from_the_project_image_with_a_config_it_holds(k8s):

@@ -29,7 +29,7 @@ def test_no_model_processes_import_no_model_library():
 
 def test_encoders_lift_the_block():
     code = ("from crossmodal.model.guard import block_model_libraries, blocked; block_model_libraries(); "
-            "import executors.clip_text.executor, sys; print(blocked(), 'torch' in sys.modules)")
+            "import executors.clip.executor, sys; print(blocked(), 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["False", "True"]

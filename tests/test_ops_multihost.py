@@ -1,7 +1,7 @@
 """The exported Compose topology, run live as separate local processes, answers as one process does.
 
 Docker cannot run here, so each service of ``docker-compose.yml`` (2 indexer shards, their
-head and merger, the encoders, the recommender, the gateway) is started on its own, as its
+head and merger, the encoder, the recommender, the gateway) is started on its own, as its
 container would run it: the same ``jina executor ...`` / ``jina gateway ...`` command, with
 the in-container port replaced by a free local port, service host names by 127.0.0.1,
 in-image paths by this repository, and each shard's volume by an empty temporary folder of

@@ -5,7 +5,7 @@ with torch installed every Jina process would carry the whole torch runtime:
 about 300 MB of private memory in the gateway, the indexer and the recommender,
 which never run a model. The launcher blocks those imports before importing Jina;
 Jina forks every process of the Flow from it, so they all inherit the block, and
-only the encoders lift it (``allow_model_libraries``) before loading a tower.
+only the encoder lifts it (``allow_model_libraries``) before loading a tower.
 Nothing else changes: DocArray then types embeddings as NumPy arrays, which is
 what the service sends anyway.
 """

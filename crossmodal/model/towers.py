@@ -1,4 +1,4 @@
-"""Load one tower of an open_clip model, so each encoder process holds only what it runs."""
+"""Load the towers of an open_clip model: both for the service's encoder, one alone for tools that need one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,24 +43,47 @@ def create_model(spec: ModelSpec, device: torch.device, seed: int = 0):
     return model.eval(), preprocess
 
 
+def _image_tower(model, preprocess, spec: ModelSpec, device: torch.device) -> Tower:
+    return Tower(model.visual, preprocess, spec, device, embed_dim(spec))
+
+
+def _text_tower(model, spec: ModelSpec, device: torch.device, precision: str) -> Tower:
+    """``model`` without ``visual``: only the text tower stays, at ``precision``."""
+    from crossmodal.model.precision import apply_text_precision
+
+    if hasattr(model, "visual"):
+        del model.visual
+    apply_text_precision(model, precision, device)
+    return Tower(model, open_clip.get_tokenizer(spec.name), spec, device, embed_dim(spec))
+
+
 def load_image_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:
     """Load the model and keep only ``visual``: the text transformer is dropped."""
     dev = pick_device(device)
-    model, preprocess = create_model(spec, dev, seed)
-    visual = model.visual
-    del model
+    tower = _image_tower(*create_model(spec, dev, seed), spec, dev)
     release_freed_memory()
-    return Tower(visual, preprocess, spec, dev, embed_dim(spec))
+    return tower
 
 
 def load_text_tower(spec: ModelSpec, device: str = "auto", seed: int = 0, precision: str = "fp32") -> Tower:
     """Load the model and drop ``visual``: only the text tower stays in memory."""
-    from crossmodal.model.precision import apply_text_precision, check_precision
+    from crossmodal.model.precision import check_precision
 
     check_precision(precision)
     dev = pick_device(device)
-    model, _ = create_model(spec, dev, seed)
-    del model.visual
-    apply_text_precision(model, precision, dev)
+    tower = _text_tower(create_model(spec, dev, seed)[0], spec, dev, precision)
     release_freed_memory()
-    return Tower(model, open_clip.get_tokenizer(spec.name), spec, dev, embed_dim(spec))
+    return tower
+
+
+def load_towers(spec: ModelSpec, device: str = "auto", seed: int = 0, precision: str = "fp32") -> tuple[Tower, Tower]:
+    """(text, image) towers from one load of the model: one checkpoint read, one copy of each tower."""
+    from crossmodal.model.precision import check_precision
+
+    check_precision(precision)
+    dev = pick_device(device)
+    model, preprocess = create_model(spec, dev, seed)
+    image = _image_tower(model, preprocess, spec, dev)
+    text = _text_tower(model, spec, dev, precision)
+    release_freed_memory()
+    return text, image

@@ -145,7 +145,7 @@ def _gateway_image(image: str) -> Iterator[None]:
 
 
 def _config_of(runtime_name: str, configs: dict[str, str]) -> str:
-    """``indexer-1``, ``clip_text/rep-0`` -> their deployment's config (Jina names shards so)."""
+    """``indexer-1``, ``clip/rep-0`` -> their deployment's config (Jina names shards so)."""
     if runtime_name in configs:
         return configs[runtime_name]
     base = _SHARD_OR_REPLICA.sub("", runtime_name)

@@ -129,7 +129,7 @@ def build_flow(cfg: ServiceConfig, spec: Optional[ModelSpec] = None):
 
 def metrics_ports(flow) -> dict[str, int]:
     """Every process's Prometheus port in a started Flow with monitoring on, by Jina runtime
-    name (``gateway``, ``indexer/head``, ``indexer-0``, ``clip_text/rep-1`` ...)."""
+    name (``gateway``, ``indexer/head``, ``indexer-0``, ``clip/rep-1`` ...)."""
     ports = {}
     for name, deployment in flow._deployment_nodes.items():
         if name == "gateway":
