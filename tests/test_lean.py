@@ -27,9 +27,29 @@ def test_no_model_processes_import_no_model_library():
     assert lines[-1].startswith("blocked: torch is not loaded in this process"), lines
 
 
-def test_encoders_lift_the_block():
-    code = ("from crossmodal.model.guard import block_model_libraries, blocked; block_model_libraries(); "
-            "import executors.clip.executor, sys; print(blocked(), 'torch' in sys.modules)")
+def test_encoder_lifts_the_block_and_keeps_unused_libraries_out():
+    """The encoder's module imports no torch; its constructor lifts the block for the model
+    but keeps timm out, which open_clip would import although this model does not use it."""
+    code = f"""
+import sys
+from crossmodal.model.guard import block_model_libraries, blocked
+block_model_libraries()
+from executors.clip.executor import ClipEncoder
+print("module", "torch" in sys.modules)
+encoder = ClipEncoder(model={TINY_MODEL!r}, pretrained="none")
+print("encoder", blocked("torch"), "torch" in sys.modules, blocked("timm"), "timm" in sys.modules)
+encoder.close()
+"""
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == ["False", "True"]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2:] == ["module False", "encoder False True True False"], lines
+
+
+def test_unused_libraries_follow_the_model_config():
+    from crossmodal.model.resolve import resolve, unused_libraries
+
+    assert unused_libraries(resolve("ViT-B-32", "none")) == ("timm", "transformers")
+    assert unused_libraries(resolve("ViT-B-16-SigLIP", "none")) == ()  # timm vision tower, HF tokenizer
+    assert unused_libraries(resolve("roberta-ViT-B-32", "none")) == ("timm",)  # HF text tower
+    assert unused_libraries(resolve("RN50", "none")) == ("timm", "transformers")

@@ -5,7 +5,7 @@ with torch installed every Jina process would carry the whole torch runtime:
 about 300 MB of private memory in the gateway, the indexer and the recommender,
 which never run a model. The launcher blocks those imports before importing Jina;
 Jina forks every process of the Flow from it, so they all inherit the block, and
-only the encoder lifts it (``allow_model_libraries``) before loading a tower.
+only the encoder lifts it (``allow_model_libraries``) before loading the towers.
 Nothing else changes: DocArray then types embeddings as NumPy arrays, which is
 what the service sends anyway.
 """
@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import importlib.abc
 import sys
+from typing import Iterable
 
 MODEL_LIBRARIES = ("torch", "torchvision", "open_clip", "open_clip_train", "tensorflow", "jax")
 
 
 class _Blocker(importlib.abc.MetaPathFinder):
+    def __init__(self, names: Iterable[str], why: str):
+        self.names, self.why = frozenset(names), why
+
     def find_spec(self, name, path=None, target=None):
-        if name.split(".", 1)[0] in MODEL_LIBRARIES:
-            raise ModuleNotFoundError(f"{name} is not loaded in this process: it runs no model "
-                                      "(crossmodal.model.guard)", name=name)
+        if name.split(".", 1)[0] in self.names:
+            raise ModuleNotFoundError(f"{name} is not loaded in this process: {self.why} (crossmodal.model.guard)",
+                                      name=name)
         return None
 
 
@@ -30,13 +34,17 @@ def block_model_libraries() -> None:
     if any(name.split(".", 1)[0] in MODEL_LIBRARIES for name in sys.modules):
         return  # too late to save anything: the libraries are loaded already
     if not blocked():
-        sys.meta_path.insert(0, _Blocker())
+        sys.meta_path.insert(0, _Blocker(MODEL_LIBRARIES, "it runs no model"))
 
 
-def allow_model_libraries() -> None:
-    """Lift the block: called by the processes that load a model."""
+def allow_model_libraries(unused: Iterable[str] = ()) -> None:
+    """Lift the block, in the process that loads a model; the ``unused`` libraries (optional
+    ones of open_clip that this model does not need) are blocked from now on instead."""
     sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Blocker)]
+    if unused:
+        sys.meta_path.insert(0, _Blocker(unused, "this model does not use it"))
 
 
-def blocked() -> bool:
-    return any(isinstance(finder, _Blocker) for finder in sys.meta_path)
+def blocked(name: str = "torch") -> bool:
+    """Whether importing ``name`` is blocked in this process."""
+    return any(isinstance(finder, _Blocker) and name.split(".", 1)[0] in finder.names for finder in sys.meta_path)

@@ -75,6 +75,20 @@ def model_config(name: str) -> Optional[dict]:
     return json.loads(path.read_text()) if path else None
 
 
+# open_clip imports these when installed; only configs naming one of these keys use them
+OPTIONAL_LIBRARIES = {"timm": ("timm_model_name",), "transformers": ("hf_model_name", "hf_tokenizer_name")}
+
+
+def unused_libraries(spec: ModelSpec) -> tuple[str, ...]:
+    """open_clip's optional libraries that ``spec``'s towers do not use, which an encoder
+    process can keep out (importing timm alone adds ~60 MB PSS); none for an unknown config."""
+    config = model_config(spec.name)
+    if config is None:
+        return ()
+    named = {key for part in ("vision_cfg", "text_cfg") for key, value in (config.get(part) or {}).items() if value}
+    return tuple(lib for lib, keys in OPTIONAL_LIBRARIES.items() if named.isdisjoint(keys))
+
+
 def register_local_configs() -> None:
     """Make every ``models/<name>.json`` (and configs named by path) usable as an open_clip model name."""
     import open_clip

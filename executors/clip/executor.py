@@ -10,28 +10,25 @@ Every torch call of the process runs in one worker thread, loading included: Ope
 each calling thread its own team, and a second team spinning beside the encoding one cost
 a short ViT-B-32 text query 36 -> 23 ms and a one-image post 136 -> 111 ms (2 cores).
 Decoding and resizing run in a pool beside it (PIL only, no torch).
+
+This module imports no torch: the constructor lifts the launcher's block on model
+libraries only once it knows the model, and keeps open_clip's optional ones that the
+model does not use (timm: ~60 MB) out of the process.
 """
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Callable, Optional, Sequence
 
+from docarray import DocList
+from jina import Executor, requests
+
+from crossmodal.api.schemas import ContentDoc
+from crossmodal.api.validate import content_error, mark_error, query_error
+from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
+from crossmodal.model.batcher import ContinuousBatcher
 from crossmodal.model.guard import allow_model_libraries
-
-allow_model_libraries()  # the launcher blocks torch in every process it forks; this one runs the model
-
-import torch  # noqa: E402
-from docarray import DocList  # noqa: E402
-from jina import Executor, requests  # noqa: E402
-from open_clip.utils import to_2tuple  # noqa: E402
-
-from crossmodal.api.schemas import ContentDoc  # noqa: E402
-from crossmodal.api.validate import content_error, mark_error, query_error  # noqa: E402
-from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri  # noqa: E402
-from crossmodal.model.batcher import ContinuousBatcher  # noqa: E402
-from crossmodal.model.encode import encode_pixels, encode_texts, split_image_transform  # noqa: E402
-from crossmodal.model.resolve import resolve  # noqa: E402
-from crossmodal.model.towers import load_towers  # noqa: E402
-from crossmodal.settings import ENCODER, LIMITS, Limits  # noqa: E402
+from crossmodal.model.resolve import resolve, unused_libraries
+from crossmodal.settings import ENCODER, LIMITS, Limits
 
 
 def _is_image(doc: ContentDoc) -> bool:
@@ -51,15 +48,17 @@ class ClipEncoder(Executor):
         super().__init__(**kwargs)
         self.worker = ThreadPoolExecutor(1)  # the model's thread (see the module's docstring)
         spec = resolve(model or None, pretrained or None)
-        self.text, self.image = self.worker.submit(load_towers, spec, device, precision=precision).result()
+        allow_model_libraries(unused=unused_libraries(spec))
+        from crossmodal.model.clip import ClipModel  # torch and open_clip from here on
+
+        self.model = self.worker.submit(ClipModel, spec, device, precision).result()
         self.text_batch_size, self.image_batch_size = text_batch_size, image_batch_size
         self.text_limits = Limits(max_text_chars=max_text_chars)
         roots = [data_roots] if isinstance(data_roots, str) else list(data_roots or ())
         self.image_limits = ImageLimits(max_bytes, max_pixels, tuple(r for r in roots if r))
-        self.resize, self.to_tensor = split_image_transform(self.image.transform)
         self.thumbnail_size = thumbnail_size
         # JPEGs decode at reduced scale, never below what the model or the thumbnail needs
-        self.decode_min_size = max(thumbnail_size, *to_2tuple(getattr(self.image.module, "image_size", 224)))
+        self.decode_min_size = max(thumbnail_size, self.model.image_size)
         self.pool = ThreadPoolExecutor(decode_threads)
         self.texts = ContinuousBatcher(self._encode_texts, ENCODER.batch_docs, self.worker)
         self.images = {thumbs: ContinuousBatcher(partial(self._encode_images, with_thumbnail=thumbs),
@@ -72,7 +71,7 @@ class ClipEncoder(Executor):
                 mark_error(doc, error)
 
     def _encode_texts(self, docs: list[ContentDoc]) -> None:
-        for doc, vector in zip(docs, encode_texts(self.text, [d.text for d in docs], self.text_batch_size)):
+        for doc, vector in zip(docs, self.model.encode_texts([d.text for d in docs], self.text_batch_size)):
             doc.embedding = vector
 
     def _prepare(self, doc: ContentDoc):
@@ -83,7 +82,7 @@ class ClipEncoder(Executor):
         except ImageInputError as err:
             mark_error(doc, str(err))
             return None, None
-        return image, self.resize(image)
+        return image, self.model.resize(image)
 
     def _thumbnail(self, doc: ContentDoc, image) -> None:
         doc.thumbnail = thumbnail_data_uri(image, self.thumbnail_size)
@@ -96,7 +95,7 @@ class ClipEncoder(Executor):
             # thumbnails are written by the pool while the model encodes (one image: ~5% of a post)
             thumbs = [self.pool.submit(self._thumbnail, doc, image) for doc, image, _ in ready if with_thumbnail]
             if ready:
-                vectors = encode_pixels(self.image, torch.stack([self.to_tensor(px) for _, _, px in ready]))
+                vectors = self.model.encode_resized([px for _, _, px in ready])
                 for (doc, _, _), vector in zip(ready, vectors):
                     doc.embedding = vector
             for thumb in thumbs:
