@@ -109,3 +109,15 @@ def _maps_torch(pid: int) -> bool:
 
 def _cmdline(pid: int) -> str:
     return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:120]
+
+
+def test_openmp_threads_spin_briefly_unless_the_operator_chose():
+    """The Flow's processes share the cores: OpenMP threads spin a short while, not libgomp's
+    300,000 rounds, and an operator's own OpenMP setting is kept."""
+    from crossmodal.serve.flow import openmp_env
+    from crossmodal.settings import ENCODER
+
+    assert openmp_env({}) == {"GOMP_SPINCOUNT": str(ENCODER.openmp_spin_count)}
+    assert ENCODER.openmp_spin_count < 300_000
+    assert openmp_env({"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+    assert openmp_env({"GOMP_SPINCOUNT": "INFINITY"}) == {}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from crossmodal.index.users import KEY_ENV
 from crossmodal.model.calibration import find_calibration, load_calibration, workspace_calibration_path
-from crossmodal.settings import EXECUTOR_HOST, FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
+from crossmodal.settings import ENCODER, EXECUTOR_HOST, FLOW_YAML, JINA_QUIET, ROOT, ServiceConfig
 
 if TYPE_CHECKING:  # resolving models imports torch: only where a Flow starts (adduser stays fast)
     from jina import Client
@@ -35,11 +35,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def openmp_env(environ: Optional[dict] = None) -> dict[str, str]:
+    """libgomp's spin count for every process of the Flow (settings.EncoderSettings), unless
+    the operator chose an OpenMP wait policy or spin count. Set before the executors load
+    torch or FAISS: libgomp reads it once, when it is loaded."""
+    environ = os.environ if environ is None else environ
+    if {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(environ):
+        return {}
+    return {"GOMP_SPINCOUNT": str(ENCODER.openmp_spin_count)}
+
+
 def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
     from crossmodal.model.resolve import embed_dim
 
     return {
         **JINA_QUIET,
+        **openmp_env(),
         "CROSSMODAL_ROOT": str(ROOT),
         "CROSSMODAL_GRPC_PORT": str(cfg.grpc_port),
         "CROSSMODAL_HTTP_PORT": str(cfg.http_port),
