@@ -244,7 +244,7 @@ def test_gateway_lets_ordinary_parameters_through():
 def test_unreachable_executor_is_named_from_either_jina_error_text():
     from crossmodal.serve.gateway import _executor_name
 
-    assert _executor_name("failed to connect to all addresses; deployment `clip_text` at 127.0.0.1") == "clip_text"
-    assert _executor_name("Error while resetting connections [None] for clip_image. Connections cannot be used.") \
-        == "clip_image"
+    assert _executor_name("failed to connect to all addresses; deployment `clip` at 127.0.0.1") == "clip"
+    assert _executor_name("Error while resetting connections [None] for recommender. Connections cannot be used.") \
+        == "recommender"
     assert _executor_name("something else") == "unknown"
