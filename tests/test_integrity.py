@@ -192,15 +192,15 @@ def test_gateway_refuses_per_document_what_protobuf_cannot_carry():
 def test_http_answer_is_the_body_fastapi_would_have_built():
     """The gateway renders Jina's HTTP answer itself (json_answer); the body must equal the one
     FastAPI builds from ``to_dict()`` through the endpoint's output model, which it skips."""
-    import json
     from typing import Dict, List, Optional
 
     import pydantic
     from docarray import BaseDoc
+    from docarray.base_doc.docarray_response import DocArrayResponse
     from fastapi.encoders import jsonable_encoder
     from jina.types.request.data import DataRequest
 
-    from crossmodal.api.schemas import MatchDoc
+    from crossmodal.api.schemas import MatchDoc, MatchGroup, SeedDoc
     from crossmodal.serve.gateway import json_answer
 
     class Header(pydantic.BaseModel):  # Jina's HTTP header model (camelCase aliases)
@@ -216,15 +216,19 @@ def test_http_answer_is_the_body_fastapi_would_have_built():
         ContentDoc(id="q", text="a query", status="ok", image_matches=[
             MatchDoc(id="m1", owner="o", modality="image", score=0.5, thumbnail="data:image/jpeg;base64,AA=="),
             MatchDoc(id="m2", owner="o", modality="image", score=0.25, tags={"n": 1, "x": [1, "a", None]})]),
-        ContentDoc(id="e", status="error", error="text: too long", tags={"nested": {"deep": True}})])
+        ContentDoc(id="e", status="error", error="text: too long", tags={"nested": {"deep": True}}),
+        ContentDoc(id="r", status="ok", from_text=MatchGroup(text_matches=[MatchDoc(id="m3", score=0.1, seed="s")]),
+                   seeds=[SeedDoc(key="s", post_id="p", member_ids=["p", "q"], embedding=np.ones(3, np.float32))])])
     request = DataRequest()
     request.document_array_cls = DocList[ContentDoc]
     request.data.docs = docs
     request.parameters = {"k": 5, "username": "alice"}
     request.header.request_id = "abc"
+    request = DataRequest.from_proto(request.proto)  # documents as they come back from an executor
+    request.document_array_cls = DocList[ContentDoc]
     for target in (None, ""):  # Jina's gateway sets "" on the requests it forwards
         if target is not None:
             request.header.target_executor = target
         fastapi_body = jsonable_encoder(output.parse_obj(request.to_dict()), by_alias=True)
-        assert json.loads(json_answer(request).body) == fastapi_body
+        assert json_answer(request).body == DocArrayResponse(fastapi_body).body  # key order included
     assert fastapi_body["header"]["requestId"] == "abc" and fastapi_body["data"][0]["image_matches"][1]["tags"]["n"] == 1
