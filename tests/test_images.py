@@ -95,3 +95,19 @@ def test_large_jpeg_decodes_at_reduced_scale_but_never_below_min_size():
     assert decode(data, ImageLimits(), min_size=256).size == (500, 400)  # 1/4: 1/8 would be under 256
     small = png_bytes(size=(600, 500))
     assert decode(small, ImageLimits(), min_size=64).size == (600, 500)  # PNG: no DCT scaling
+
+
+def test_data_roots_arrive_as_the_flow_joins_them(tmp_path):
+    """Several --data-root folders travel to the encoder as one os.pathsep-joined variable;
+    each must count on its own (they were taken as one path that named no folder)."""
+    import os
+
+    from crossmodal.inputs.images import data_roots, image_bytes
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "x.png").write_bytes(b"png bytes")
+    roots = data_roots(os.pathsep.join([str(first), str(second)]))
+    assert roots == (str(first), str(second)) and data_roots("") == () and data_roots([str(first)]) == (str(first),)
+    assert image_bytes(None, str(second / "x.png"), ImageLimits(data_roots=roots)) == b"png bytes"

@@ -33,6 +33,13 @@ class ImageLimits:
     data_roots: tuple[str, ...] = ()  # folders whose files requests may name by local path
 
 
+def data_roots(value) -> tuple[str, ...]:
+    """``--data-root`` folders as an executor receives them: a list, or one string joined
+    with ``os.pathsep`` (the Flow YAML passes them through one environment variable)."""
+    items = value.split(os.pathsep) if isinstance(value, str) else list(value or ())
+    return tuple(item for item in items if item)
+
+
 def _from_data_uri(uri: str, limits: ImageLimits) -> bytes:
     header, _, payload = uri.partition(",")
     if not header.startswith("data:image/") or not header.endswith(";base64"):

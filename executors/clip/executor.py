@@ -3,7 +3,7 @@
 Both towers live in this one process, as in clip-as-service's CLIPEncoder: importing torch
 and open_clip costs ~430 MB of private memory per process with this torch build, so one
 encoder process per tower paid for two torch runtimes (issue 12: 1.75x the memory of one
-process holding a full CLIP, against ~1.3x now), and every request made one more hop.
+process holding a full CLIP, against 1.25x now), and every request made one more hop.
 Replicas (``--replicas``) scale both towers together.
 
 Every torch call of the process runs in one worker thread, loading included: OpenMP gives
@@ -25,6 +25,7 @@ from jina import Executor, requests
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.api.validate import content_error, mark_error, query_error
 from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
+from crossmodal.inputs.images import data_roots as image_roots  # the parameter's name is taken
 from crossmodal.model.batcher import ContinuousBatcher
 from crossmodal.model.guard import allow_model_libraries
 from crossmodal.model.resolve import resolve, unused_libraries
@@ -54,8 +55,7 @@ class ClipEncoder(Executor):
         self.model = self.worker.submit(ClipModel, spec, device, precision).result()
         self.text_batch_size, self.image_batch_size = text_batch_size, image_batch_size
         self.text_limits = Limits(max_text_chars=max_text_chars)
-        roots = [data_roots] if isinstance(data_roots, str) else list(data_roots or ())
-        self.image_limits = ImageLimits(max_bytes, max_pixels, tuple(r for r in roots if r))
+        self.image_limits = ImageLimits(max_bytes, max_pixels, image_roots(data_roots))
         self.thumbnail_size = thumbnail_size
         # JPEGs decode at reduced scale, never below what the model or the thumbnail needs
         self.decode_min_size = max(thumbnail_size, self.model.image_size)
