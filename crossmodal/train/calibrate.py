@@ -120,7 +120,7 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     """The calibration and the distributions it was read from."""
     from crossmodal.model.encode import encode_images, encode_texts
     from crossmodal.model.resolve import resolve
-    from crossmodal.model.towers import load_image_tower, load_text_tower
+    from crossmodal.model.towers import load_towers
 
     spec = resolve(model, pretrained)
     rng = random.Random(f"calibrate-{seed}")
@@ -134,11 +134,10 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
     altered = [altered_text(t, rng) for t in texts]
     with tqdm(total=3 * n_images + len(noise) + 2 * n_texts + n_texts // 4, desc=f"calibrate {spec.label}",
               unit="item") as bar:
-        image_tower = load_image_tower(spec, device)
+        text_tower, image_tower = load_towers(spec, device)  # one checkpoint read for both
         img, img_copy, img_redrawn, img_noise = (_encode(encode_images, image_tower, batch, bar)
                                                  for batch in (images, copies, redrawn, noise))
         del image_tower
-        text_tower = load_text_tower(spec, device)
         known = {w for d in descriptions for w in d.text.split()} | {w for s in scenes for w in s.caption().split()}
         off = off_topic_texts(n_texts // 4, rng, list(text_tower.transform.encoder), known)
         txt, txt_copy, txt_off = (_encode(encode_texts, text_tower, batch, bar)
