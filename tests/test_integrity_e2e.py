@@ -108,6 +108,26 @@ def test_tags_too_deep_are_refused_and_searches_keep_working(server):
     assert search(server.http_port, "deep tags", k=10)["status"] == "ok"
 
 
+def test_fields_only_the_service_sets_are_dropped_from_client_documents(server):
+    """A client's ``error``, ``status``, ``feedback``, ``shard`` or matches never reach an
+    executor, over HTTP or gRPC: a ``feedback`` of 0 or ``[[1, 2]]`` used to answer 500."""
+    odd = {"error": "the client says so", "status": "deleted", "feedback": 0, "shard": 7,
+           "text_matches": [{"id": "planted", "score": 9.0}]}
+    for extra in (odd, {"feedback": [[1, 2]]}, {"feedback": False}):
+        status, body = http_post(server.http_port, "/search", [{"id": "q", "text": "a red square", **extra}], {"k": 3})
+        assert status == 200, body
+        doc = body["data"][0]
+        assert (doc["status"], doc["error"], doc["feedback"], doc["shard"]) == ("ok", None, None, None), doc
+        assert doc["text_matches"] and "planted" not in [m["id"] for m in doc["text_matches"]]
+    status, body = http_post(server.http_port, "/index", [text_doc("fields-http", "a green triangle", **odd)])
+    assert status == 200 and body["data"][0]["status"] == "indexed", body
+    client = Client(host="127.0.0.1", port=server.grpc_port)
+    sent = DocList[ContentDoc]([ContentDoc(id="fields-grpc", owner="alice", modality="text", text="a green circle",
+                                           error="the client says so", status="deleted", shard=7, feedback={"a": 1})])
+    out = client.post("/index", sent, return_type=DocList[ContentDoc])
+    assert (out[0].status, out[0].error, out[0].feedback, out[0].shard) == ("indexed", None, None, None)
+
+
 # -- 2. duplicate ids in one request ------------------------------------------------------------
 def test_duplicate_ids_in_one_request_leave_one_vector_and_one_row(server):
     before = count(server.http_port)

@@ -86,7 +86,8 @@ class Posts(BaseDoc):
 
 
 class ContentDoc(BaseDoc):
-    """Content to index, a query, or a request for stats/recommendations."""
+    """Content to index, a query, or a request for stats/recommendations. A client sets only
+    ``CLIENT_FIELDS``; the gateway drops the others from what a client sends."""
 
     owner: Optional[str] = None
     modality: Optional[str] = None
@@ -111,3 +112,9 @@ class ContentDoc(BaseDoc):
     sample: Optional[Posts] = None
     candidates: Optional[DocList[MatchDoc]] = None  # /recommend: a shard's candidates, for the merger
     shard: Optional[int] = None  # which indexer shard answered (several shards only; the merger clears it)
+
+
+# What a client may send in a ContentDoc; every other field is the service's own (embeddings,
+# matches, statuses, the posts the gateway gathers, a shard's stamp), so the gateway drops
+# them from client requests (crossmodal/serve/orchestrate.py: both protocols).
+CLIENT_FIELDS = frozenset({"id", "owner", "modality", "text", "uri", "blob", "tags"})

@@ -188,14 +188,17 @@ def _carry_error(doc) -> Optional[str]:
 def _document_errors(docs, doc_type) -> dict:
     """Position -> error document for documents that could not even travel to an executor
     (invalid Unicode, NUL, tags too deep or numbers too large for protobuf); their siblings
-    go on. Embeddings a client sent are dropped first: only the encoders make embeddings."""
+    go on. The fields a client may not set are dropped first (``CLIENT_FIELDS``: only the
+    encoders make embeddings, and a ``feedback`` of ``[[1, 2]]`` could not even be carried)."""
     from crossmodal.api.convert import sendable
+    from crossmodal.api.schemas import CLIENT_FIELDS
     from crossmodal.api.validate import strings_error
 
     errors = {}
     for i, doc in enumerate(docs):
-        if getattr(doc, "embedding", None) is not None:
-            doc.embedding = None
+        for name in doc.__fields__.keys() - CLIENT_FIELDS:
+            if getattr(doc, name) is not None:
+                setattr(doc, name, None)
         error = strings_error(doc) or _carry_error(doc)
         if error:
             errors[i] = doc_type(id=sendable(doc.id), status="error", error=error)

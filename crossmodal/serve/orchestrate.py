@@ -23,7 +23,7 @@ from jina.proto import jina_pb2
 from jina.types.request.data import DataRequest
 
 from crossmodal.api.params import boolean
-from crossmodal.api.schemas import ContentDoc
+from crossmodal.api.schemas import CLIENT_FIELDS, ContentDoc
 from crossmodal.settings import AUTH, LIMITS, POSTED_AT
 
 PREPARE = {"/recommend": "/history", "/refine": "/labels"}
@@ -126,11 +126,24 @@ def _internal_fields_dropped(response: DataRequest) -> DataRequest:
     return response
 
 
+def _client_fields_only(request: DataRequest) -> None:
+    """Drop from a client's documents every field it may not set (``CLIENT_FIELDS``), on the
+    wire, before any executor parses them: a gRPC client could otherwise hand the indexer
+    its own posts or a shard stamp, and a ``feedback`` of ``0`` failed every executor's parse."""
+    data = request.proto_with_data.data
+    if data.WhichOneof("documents") != "docs":
+        return
+    for doc in data.docs.docs:
+        for name in [name for name in doc.data if name not in CLIENT_FIELDS]:
+            del doc.data[name]
+
+
 async def _answered(request: DataRequest, return_type: Any, handler: Callable, shards: int) -> DataRequest:
     endpoint = request.header.exec_endpoint
     if endpoint in INTERNAL_ENDPOINTS:  # they hand out embeddings: only the gateway asks them
         return _refused(request, f"endpoint: {endpoint} is internal to the service (the gateway asks it "
                                  "before /recommend and /refine)")
+    _client_fields_only(request)
     if endpoint == "/index":  # one posting time for every shard
         request.parameters = {**request.parameters, POSTED_AT: time.time()}
     if endpoint in PREPARE and not (endpoint == "/refine" and shards == 1):  # one shard has the marks itself
