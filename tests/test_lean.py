@@ -29,7 +29,8 @@ def test_no_model_processes_import_no_model_library():
 
 def test_encoder_lifts_the_block_and_keeps_unused_libraries_out():
     """The encoder's module imports no torch; its constructor lifts the block for the model
-    but keeps timm out, which open_clip would import although this model does not use it."""
+    but keeps timm out, which open_clip would import although this model does not use it,
+    and triton, which torch would import although the towers run eagerly on the CPU."""
     code = f"""
 import sys
 from crossmodal.model.guard import block_model_libraries, blocked
@@ -37,19 +38,21 @@ block_model_libraries()
 from executors.clip.executor import ClipEncoder
 print("module", "torch" in sys.modules)
 encoder = ClipEncoder(model={TINY_MODEL!r}, pretrained="none")
-print("encoder", blocked("torch"), "torch" in sys.modules, blocked("timm"), "timm" in sys.modules)
+print("encoder", blocked("torch"), "torch" in sys.modules, blocked("timm"), "timm" in sys.modules,
+      "triton" in sys.modules)
 encoder.close()
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert lines[-2:] == ["module False", "encoder False True True False"], lines
+    assert lines[-2:] == ["module False", "encoder False True True False False"], lines
 
 
-def test_unused_libraries_follow_the_model_config():
+def test_unused_libraries_follow_the_model_config_and_the_device():
     from crossmodal.model.resolve import resolve, unused_libraries
 
-    assert unused_libraries(resolve("ViT-B-32", "none")) == ("timm", "transformers")
-    assert unused_libraries(resolve("ViT-B-16-SigLIP", "none")) == ()  # timm vision tower, HF tokenizer
-    assert unused_libraries(resolve("roberta-ViT-B-32", "none")) == ("timm",)  # HF text tower
-    assert unused_libraries(resolve("RN50", "none")) == ("timm", "transformers")
+    assert unused_libraries(resolve("ViT-B-32", "none"), "cpu") == ("timm", "transformers", "triton")
+    assert unused_libraries(resolve("ViT-B-16-SigLIP", "none"), "cpu") == ("triton",)  # timm tower, HF tokenizer
+    assert unused_libraries(resolve("roberta-ViT-B-32", "none"), "cpu") == ("timm", "triton")  # HF text tower
+    assert unused_libraries(resolve("RN50", "none"), "cuda") == ("timm", "transformers")  # CUDA looks triton up
+    assert unused_libraries(resolve("RN50", "none"), "cuda:1") == ("timm", "transformers")

@@ -6,7 +6,8 @@ libraries this model needs (``resolve.unused_libraries``).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,16 +15,28 @@ from open_clip.utils import to_2tuple
 from PIL import Image
 
 from crossmodal.model.encode import encode_pixels, encode_texts, split_image_transform
+from crossmodal.model.memory import release_freed_memory
+from crossmodal.model.paging import map_embedding_tables
 from crossmodal.model.resolve import ModelSpec
 from crossmodal.model.towers import load_towers
+
+log = logging.getLogger(__name__)
 
 
 class ClipModel:
     """Text and image towers from one load; images arrive resized (``resize`` runs in the
-    caller's decode threads, PIL only) and become tensors here."""
+    caller's decode threads, PIL only) and become tensors here. With ``mmap_dir`` (a folder
+    on disk), the token table is read from a file as queries use its rows (``paging``)."""
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", precision: str = "fp32"):
+    def __init__(self, spec: ModelSpec, device: str = "auto", precision: str = "fp32",
+                 mmap_dir: Optional[str] = None):
         self.text, self.image = load_towers(spec, device, precision=precision)
+        if mmap_dir:
+            try:
+                map_embedding_tables(self.text.module, mmap_dir)
+            except OSError as err:  # a read-only or full disk costs memory, not the service
+                log.warning("the token table stays in memory: cannot map it from a file in %s: %s", mmap_dir, err)
+            release_freed_memory()
         self.resize, self.to_tensor = split_image_transform(self.image.transform)
         self.image_size = max(to_2tuple(getattr(self.image.module, "image_size", 224)))
 

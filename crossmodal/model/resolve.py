@@ -77,16 +77,32 @@ def model_config(name: str) -> Optional[dict]:
 
 # open_clip imports these when installed; only configs naming one of these keys use them
 OPTIONAL_LIBRARIES = {"timm": ("timm_model_name",), "transformers": ("hf_model_name", "hf_tokenizer_name")}
+# torch.compile's GPU kernel compiler: importing open_clip loads it (torchvision.ops ->
+# torch._dynamo asks whether it is installed: ~75 MB PSS), though an encoder runs its towers
+# eagerly, never compiled. On the CPU, torch treats it as absent, as in its CPU wheels, which
+# have none; not on a GPU, whose lazy CUDA start looks it up (torch.cuda: find_spec("triton")).
+EAGER_UNUSED = ("triton",)
 
 
-def unused_libraries(spec: ModelSpec) -> tuple[str, ...]:
-    """open_clip's optional libraries that ``spec``'s towers do not use, which an encoder
-    process can keep out (importing timm alone adds ~60 MB PSS); none for an unknown config."""
+def unused_libraries(spec: ModelSpec, device: str = "auto") -> tuple[str, ...]:
+    """Libraries that an encoder process of ``spec`` on ``device`` can keep out although
+    open_clip or torch would import them: open_clip's optional ones its config does not name
+    (timm alone adds ~60 MB PSS; none is known unused for an unknown config), and, on the
+    CPU, torch.compile's ``EAGER_UNUSED``."""
     config = model_config(spec.name)
-    if config is None:
-        return ()
-    named = {key for part in ("vision_cfg", "text_cfg") for key, value in (config.get(part) or {}).items() if value}
-    return tuple(lib for lib, keys in OPTIONAL_LIBRARIES.items() if named.isdisjoint(keys))
+    named = {key for part in ("vision_cfg", "text_cfg") for key, value in ((config or {}).get(part) or {}).items()
+             if value}
+    optional = tuple(lib for lib, keys in OPTIONAL_LIBRARIES.items() if config and named.isdisjoint(keys))
+    return optional + (EAGER_UNUSED if _on_cpu(device) else ())
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether towers asked for on ``device`` run on the CPU (for "auto", imports torch)."""
+    if device != "auto":
+        return device == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def register_local_configs() -> None:

@@ -45,14 +45,15 @@ class ClipEncoder(Executor):
                  image_batch_size: int = ENCODER.image_batch_size, max_text_chars: int = LIMITS.max_text_chars,
                  max_bytes: int = LIMITS.max_image_bytes, max_pixels: int = LIMITS.max_image_pixels,
                  data_roots: Sequence[str] = (), thumbnail_size: int = ENCODER.thumbnail_size,
-                 decode_threads: int = ENCODER.decode_threads, **kwargs):
+                 decode_threads: int = ENCODER.decode_threads, mmap_dir: str = "", **kwargs):
         super().__init__(**kwargs)
         self.worker = ThreadPoolExecutor(1)  # the model's thread (see the module's docstring)
         spec = resolve(model or None, pretrained or None)
-        allow_model_libraries(unused=unused_libraries(spec))
+        allow_model_libraries()  # torch may load now: for device "auto", it says whether there is a GPU
+        allow_model_libraries(unused=unused_libraries(spec, device))
         from crossmodal.model.clip import ClipModel  # torch and open_clip from here on
 
-        self.model = self.worker.submit(ClipModel, spec, device, precision).result()
+        self.model = self.worker.submit(ClipModel, spec, device, precision, mmap_dir).result()
         self.text_batch_size, self.image_batch_size = text_batch_size, image_batch_size
         self.text_limits = Limits(max_text_chars=max_text_chars)
         self.image_limits = ImageLimits(max_bytes, max_pixels, image_roots(data_roots))
