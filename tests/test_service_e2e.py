@@ -245,6 +245,25 @@ def test_recommend_cold_start_and_bad_parameters(service):
         grpc_post(service, "/recommend", [ContentDoc(id="a"), ContentDoc(id="b")], username="bob")
 
 
+def _maps(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except OSError:  # not Linux, or the process is gone
+        return []
+
+
+def test_the_encoder_reads_its_token_table_from_an_unlinked_file_in_the_workspace(service):
+    """The Flow gives the encoder its workspace (``mmap_dir``): one process, the encoder, maps
+    the token table from a file there, a file that has no name left to find or clean up."""
+    from crossmodal.serve.shutdown import descendants
+
+    workspace = str(Path(service["workspace"]).resolve())
+    mapping = {pid: [line for line in _maps(pid) if f"{workspace}/" in line and line.endswith("(deleted)")]
+               for pid in descendants(service["server"].proc.pid)}
+    assert len([pid for pid, lines in mapping.items() if lines]) == 1, mapping
+    assert not [p for p in Path(workspace).rglob("*") if p.name.startswith(("tmp", "#"))]
+
+
 def test_second_server_on_the_workspace_refuses(service):
     result = run_app("-t", "index", "--data", str(service["roots"]), "--workspace", str(service["workspace"]), *MODEL)
     assert result.returncode == 2 and "in use by another crossmodal server" in result.stderr
