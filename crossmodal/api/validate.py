@@ -47,6 +47,12 @@ def string_error(name: str, value: Any) -> Optional[str]:
     return None
 
 
+def shown(text: str) -> str:
+    """``text`` as an error message can carry it: a lone surrogate or a NUL in a client's tag
+    key, echoed as is, would make the error itself impossible to send."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def tags_error(tags: Any, limits: Limits = LIMITS) -> Optional[str]:
     """Why ``tags`` cannot be stored and returned in every later response, or None.
 
@@ -67,7 +73,7 @@ def tags_error(tags: Any, limits: Limits = LIMITS) -> Optional[str]:
             keys += 1
             if keys > limits.max_tags_keys:
                 return f"tags: more than max_tags_keys={limits.max_tags_keys} keys and items"
-            where = f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]"
+            where = f"{path}.{shown(key)}" if isinstance(value, dict) else f"{path}[{key}]"
             error = string_error(f"{where} (key)", key) or string_error(where, child)
             if error:
                 return error
