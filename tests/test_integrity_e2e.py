@@ -128,6 +128,59 @@ def test_fields_only_the_service_sets_are_dropped_from_client_documents(server):
     assert (out[0].status, out[0].error, out[0].feedback, out[0].shard) == ("indexed", None, None, None)
 
 
+def test_packed_grpc_documents_are_unpacked_and_filtered_too(server):
+    """``docs_bytes`` (documents packed as one blob) went past the filter: a client's error
+    mark stopped its own post and forged ``posts`` steered /refine. Unreadable bytes are a 4xx."""
+    import grpc
+    from jina.proto import jina_pb2, jina_pb2_grpc
+    from jina.types.request.data import DataRequest
+
+    stub = jina_pb2_grpc.JinaSingleDataRequestRPCStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+
+    def packed(endpoint: str, blob: bytes) -> DataRequest:
+        request = DataRequest()
+        request.header.exec_endpoint = endpoint
+        request.data.docs_bytes = blob
+        answer = stub.process_single_data(request, timeout=60)
+        answer.document_array_cls = DocList[ContentDoc]
+        return answer
+
+    docs = DocList[ContentDoc]([ContentDoc(id="packed-1", owner="alice", modality="text", text="a packed post",
+                                           status="error", error="the client says no", shard=3)])
+    answer = packed("/index", docs.to_bytes())
+    assert answer.header.status.code != jina_pb2.StatusProto.ERROR, answer.header.status.description
+    assert (answer.docs[0].status, answer.docs[0].error, answer.docs[0].shard) == ("indexed", None, None)
+    garbage = packed("/search", b"\x00 not documents \xff")
+    assert garbage.header.status.exception.name == "RequestError"
+    assert "data.docs_bytes" in garbage.header.status.description
+
+
+def test_a_listed_document_is_never_read_as_a_pair_of_its_keys(server):
+    """pydantic read a one-item list that failed validation as ONE document built from pairs:
+    ``[{"id": "t7", "status": []}]`` became ``{"id": "status"}`` and /delete removed "status"."""
+    http_post(server.http_port, "/index", [text_doc("status", "the victim"), text_doc("pairs-t7", "the target")])
+    status, body = http_post(server.http_port, "/delete", [{"id": "pairs-t7", "status": []}])
+    assert status == 200 and [(d["id"], d["status"]) for d in body["data"]] == [("pairs-t7", "deleted")]
+    status, body = http_post(server.http_port, "/items", [{"id": "status"}])
+    assert body["data"][0]["status"] == "ok"  # the victim is still there
+    status, body = post_json(server.http_port, "/delete", {"data": [{"id": "status", "text": []}]})
+    assert status == 422 and body["field"] == "data[0].text", body
+    status, body = post_json(server.http_port, "/search", {"data": ["ab"]})
+    assert status == 422 and body["field"] == "data[0]", body
+    status, body = http_post(server.http_port, "/items", [{"id": "status"}])
+    assert body["data"][0]["status"] == "ok"
+
+
+def test_a_tag_key_that_is_not_unicode_fails_its_document_alone(server):
+    """The error named the key as it was, a lone surrogate, so the error itself could not be
+    sent: the whole request answered 500 and its valid sibling was lost."""
+    status, body = http_post(server.http_port, "/index", [text_doc("surrogate-ok", "a fine post"),
+                                                          text_doc("surrogate-bad", "x", tags={"a": {"\udc00": 1}})])
+    assert status == 200, body
+    assert [d["status"] for d in body["data"]] == ["indexed", "error"]
+    assert body["data"][1]["error"].startswith("tags.a.\\udc00 (key): not valid Unicode"), body["data"][1]
+
+
 # -- 2. duplicate ids in one request ------------------------------------------------------------
 def test_duplicate_ids_in_one_request_leave_one_vector_and_one_row(server):
     before = count(server.http_port)

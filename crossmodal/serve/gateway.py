@@ -55,7 +55,13 @@ class Refused(Exception):
 
 
 def refusal(body: bytes, limits: Limits = LIMITS):
-    """Why a JSON request body is refused before Jina parses it into documents, or None.
+    """Why a JSON request body is refused before Jina parses it into documents, or None."""
+    return screened(body, limits)[0]
+
+
+def screened(body: bytes, limits: Limits = LIMITS) -> tuple[Optional[Refused], bytes]:
+    """Why a JSON request body is refused before Jina parses it into documents, or None, and
+    the body to hand on: the client's documents keep only ``CLIENT_FIELDS`` (``client_documents``).
 
     A body that is not JSON is left to FastAPI (422). Counting documents here costs one
     ``json.loads`` of a body already bounded by ``max_body_bytes``, while a million empty
@@ -64,24 +70,56 @@ def refusal(body: bytes, limits: Limits = LIMITS):
     try:
         request = json.loads(body)
     except RecursionError:
-        return Refused(400, "body: JSON nested too deeply", field="body")
+        return Refused(400, "body: JSON nested too deeply", field="body"), body
     except ValueError:
-        return None
+        return None, body
     if not isinstance(request, dict):
-        return None
+        return None, body
     error = value_error("parameters", request.get("parameters"), limits.max_tags_depth)
     if error:
-        return Refused(422, error[1], field=error[0])
+        return Refused(422, error[1], field=error[0]), body
     data = request.get("data")
     if isinstance(data, list) and len(data) > limits.max_docs_per_request:
         return Refused(413, f"data: {len(data)} documents exceed max_docs_per_request="
                             f"{limits.max_docs_per_request}; send them in several requests",
-                       limit="max_docs_per_request")
+                       limit="max_docs_per_request"), body
     header = request.get("header")
     if isinstance(header, dict) and any(header.get(key) for key in ROUTING_KEYS):
         return Refused(400, "header.target_executor: clients cannot route requests; "
-                            "every request goes through the whole Flow", field="header.target_executor")
-    return None
+                            "every request goes through the whole Flow", field="header.target_executor"), body
+    refused, dropped = client_documents(data)
+    if refused is None and dropped:
+        body = json.dumps(request).encode()
+    return refused, body
+
+
+def client_documents(data) -> tuple[Optional[Refused], bool]:
+    """Drop what a client may not set from the documents of ``data`` (in place), and check the
+    rest of each listed document: why the request is refused, or None; whether any field was
+    dropped. Jina types ``data`` as one document or a list of them, and pydantic, when the list
+    fails validation, reads it as ONE document made of pairs: ``[{"id": "a", "text": []}]``
+    became the document ``{"id": "text"}``, so a /delete removed the item "text"."""
+    from pydantic import ValidationError
+
+    from crossmodal.api.schemas import CLIENT_FIELDS, ContentDoc
+
+    docs = data if isinstance(data, list) else [data] if isinstance(data, dict) else []
+    dropped = False
+    for i, doc in enumerate(docs):
+        where = f"data[{i}]" if isinstance(data, list) else "data"
+        if not isinstance(doc, dict):
+            return Refused(422, f"{where}: must be a JSON object (a document), got {type(doc).__name__}",
+                           field=where), dropped
+        for name in doc.keys() - CLIENT_FIELDS:
+            del doc[name]
+            dropped = True
+        try:
+            ContentDoc(**doc)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = f"{where}.{'.'.join(str(part) for part in first['loc'])}"
+            return Refused(422, f"{field}: {first['msg']}", field=field), dropped
+    return None, dropped
 
 
 def value_error(name: str, value, depth: int) -> Optional[tuple[str, str]]:
@@ -141,10 +179,11 @@ def guard_requests(app, limits: Limits = LIMITS):
             if size > limits.max_body_bytes:
                 return await _answer(scope, send, too_big)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        refused = refusal(body, limits)
+        refused, body = screened(b"".join(chunks), limits)
         if refused is not None:
             return await _answer(scope, send, refused)
+        scope["headers"] = [(key, str(len(body)).encode() if key == b"content-length" else value)
+                            for key, value in scope["headers"]]
         replayed = False
 
         async def replay():

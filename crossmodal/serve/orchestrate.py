@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from docarray import DocList
 from jina.proto import jina_pb2
@@ -126,16 +126,24 @@ def _internal_fields_dropped(response: DataRequest) -> DataRequest:
     return response
 
 
-def _client_fields_only(request: DataRequest) -> None:
+def _client_fields_only(request: DataRequest) -> Optional[str]:
     """Drop from a client's documents every field it may not set (``CLIENT_FIELDS``), on the
     wire, before any executor parses them: a gRPC client could otherwise hand the indexer
-    its own posts or a shard stamp, and a ``feedback`` of ``0`` failed every executor's parse."""
+    its own posts or a shard stamp, and a ``feedback`` of ``0`` failed every executor's parse.
+    Documents sent packed (``docs_bytes``) are unpacked first; why they cannot be, or None."""
     data = request.proto_with_data.data
+    if data.WhichOneof("documents") == "docs_bytes":
+        try:
+            request.data.docs = DocList[ContentDoc].from_bytes(data.docs_bytes)
+        except Exception as err:  # noqa: BLE001  (any decoding failure is the client's bytes)
+            return f"data.docs_bytes: not documents this service reads ({type(err).__name__})"
+        data = request.proto_with_data.data
     if data.WhichOneof("documents") != "docs":
-        return
+        return None
     for doc in data.docs.docs:
         for name in [name for name in doc.data if name not in CLIENT_FIELDS]:
             del doc.data[name]
+    return None
 
 
 async def _answered(request: DataRequest, return_type: Any, handler: Callable, shards: int) -> DataRequest:
@@ -143,7 +151,9 @@ async def _answered(request: DataRequest, return_type: Any, handler: Callable, s
     if endpoint in INTERNAL_ENDPOINTS:  # they hand out embeddings: only the gateway asks them
         return _refused(request, f"endpoint: {endpoint} is internal to the service (the gateway asks it "
                                  "before /recommend and /refine)")
-    _client_fields_only(request)
+    unreadable = _client_fields_only(request)
+    if unreadable:
+        return _refused(request, unreadable)
     if endpoint == "/index":  # one posting time for every shard
         request.parameters = {**request.parameters, POSTED_AT: time.time()}
     if endpoint in PREPARE and not (endpoint == "/refine" and shards == 1):  # one shard has the marks itself
