@@ -155,6 +155,17 @@ def test_packed_grpc_documents_are_unpacked_and_filtered_too(server):
     assert "data.docs_bytes" in garbage.header.status.description
 
 
+def test_grpc_requests_are_bounded_in_documents_like_http_bodies(server):
+    """Over gRPC any number of documents reached the executors; now max_docs_per_request."""
+    from jina.excepts import BadServer
+
+    many = DocList[ContentDoc]([ContentDoc(id=f"many-{i}") for i in range(LIMITS.max_docs_per_request + 1)])
+    with pytest.raises(BadServer, match="max_docs_per_request"):
+        Client(host="127.0.0.1", port=server.grpc_port).post("/stats", many, request_size=len(many),
+                                                             return_type=DocList[ContentDoc])
+    assert count(server.http_port) >= 3  # still serving
+
+
 def test_a_listed_document_is_never_read_as_a_pair_of_its_keys(server):
     """pydantic read a one-item list that failed validation as ONE document built from pairs:
     ``[{"id": "t7", "status": []}]`` became ``{"id": "status"}`` and /delete removed "status"."""

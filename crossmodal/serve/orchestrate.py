@@ -126,11 +126,11 @@ def _internal_fields_dropped(response: DataRequest) -> DataRequest:
     return response
 
 
-def _client_fields_only(request: DataRequest) -> Optional[str]:
-    """Drop from a client's documents every field it may not set (``CLIENT_FIELDS``), on the
-    wire, before any executor parses them: a gRPC client could otherwise hand the indexer
-    its own posts or a shard stamp, and a ``feedback`` of ``0`` failed every executor's parse.
-    Documents sent packed (``docs_bytes``) are unpacked first; why they cannot be, or None."""
+def _screened(request: DataRequest) -> Optional[str]:
+    """Why a client's documents are refused, or None once every field it may not set
+    (``CLIENT_FIELDS``) is dropped, on the wire, before any executor parses them: a gRPC client
+    could otherwise hand the indexer its own posts or a shard stamp, and a ``feedback`` of ``0``
+    failed every executor's parse. Packed documents (``docs_bytes``) are unpacked first."""
     data = request.proto_with_data.data
     if data.WhichOneof("documents") == "docs_bytes":
         try:
@@ -140,6 +140,9 @@ def _client_fields_only(request: DataRequest) -> Optional[str]:
         data = request.proto_with_data.data
     if data.WhichOneof("documents") != "docs":
         return None
+    if len(data.docs.docs) > LIMITS.max_docs_per_request:  # HTTP bodies are counted before parsing
+        return (f"data: {len(data.docs.docs)} documents exceed max_docs_per_request="
+                f"{LIMITS.max_docs_per_request}; send them in several requests")
     for doc in data.docs.docs:
         for name in [name for name in doc.data if name not in CLIENT_FIELDS]:
             del doc.data[name]
@@ -151,9 +154,9 @@ async def _answered(request: DataRequest, return_type: Any, handler: Callable, s
     if endpoint in INTERNAL_ENDPOINTS:  # they hand out embeddings: only the gateway asks them
         return _refused(request, f"endpoint: {endpoint} is internal to the service (the gateway asks it "
                                  "before /recommend and /refine)")
-    unreadable = _client_fields_only(request)
-    if unreadable:
-        return _refused(request, unreadable)
+    refused = _screened(request)
+    if refused:
+        return _refused(request, refused)
     if endpoint == "/index":  # one posting time for every shard
         request.parameters = {**request.parameters, POSTED_AT: time.time()}
     if endpoint in PREPARE and not (endpoint == "/refine" and shards == 1):  # one shard has the marks itself
