@@ -172,14 +172,26 @@ def test_a_listed_document_is_never_read_as_a_pair_of_its_keys(server):
     http_post(server.http_port, "/index", [text_doc("status", "the victim"), text_doc("pairs-t7", "the target")])
     status, body = http_post(server.http_port, "/delete", [{"id": "pairs-t7", "status": []}])
     assert status == 200 and [(d["id"], d["status"]) for d in body["data"]] == [("pairs-t7", "deleted")]
-    status, body = http_post(server.http_port, "/items", [{"id": "status"}])
-    assert body["data"][0]["status"] == "ok"  # the victim is still there
-    status, body = post_json(server.http_port, "/delete", {"data": [{"id": "status", "text": []}]})
-    assert status == 422 and body["field"] == "data[0].text", body
+    status, body = http_post(server.http_port, "/delete", [{"id": "status", "text": []}])
+    assert status == 200 and body["data"][0]["status"] == "error" and body["data"][0]["error"].startswith("text:")
     status, body = post_json(server.http_port, "/search", {"data": ["ab"]})
     assert status == 422 and body["field"] == "data[0]", body
     status, body = http_post(server.http_port, "/items", [{"id": "status"}])
-    assert body["data"][0]["status"] == "ok"
+    assert body["data"][0]["status"] == "ok"  # the victim is still there
+
+
+def test_a_field_of_the_wrong_type_fails_its_document_alone(server):
+    """Type errors answered 422 for the whole request; now only the document is refused."""
+    status, body = http_post(server.http_port, "/index", [
+        text_doc("typed-1", "a fine post"), {"id": "typed-2", "owner": "alice", "modality": "text", "text": ["no"]},
+        text_doc("typed-3", "another fine post", tags=5), text_doc("typed-4", "the last fine post")])
+    assert status == 200, body
+    assert [(d["id"], d["status"]) for d in body["data"]] == [
+        ("typed-1", "indexed"), ("typed-2", "error"), ("typed-3", "error"), ("typed-4", "indexed")]
+    assert body["data"][1]["error"] == "text: str type expected"
+    assert body["data"][2]["error"] == "tags: value is not a valid dict"
+    status, body = post_json(server.http_port, "/index", {"data": {"id": "typed-5", "text": ["no"]}})
+    assert status == 422 and body["field"] == "data.text", body  # one document: nothing else to answer
 
 
 def test_a_tag_key_that_is_not_unicode_fails_its_document_alone(server):

@@ -14,6 +14,7 @@ gRPC servers check tokens (``crossmodal.serve.auth``) before anything else. Load
 the Flow YAML through ``py_modules``; it imports only light parts of ``crossmodal``
 (no torch).
 """
+import contextvars
 import json
 import math
 import re
@@ -44,6 +45,10 @@ UI_PATH = "/ui"
 CLIENT_ERRORS = {"RequestError"}  # exception names (crossmodal.api.validate) answered with 422
 UNAVAILABLE = {"ShardUnavailable"}  # crossmodal.api.merge: answered 503, naming the shards
 ROUTING_KEYS = ("target_executor", "targetExecutor")  # header fields only the gateway may set
+# position -> why, for listed documents of the HTTP request being answered whose fields have the
+# wrong type: the body guard finds them before Jina validates, ``answer_whole`` answers them
+_TYPE_ERRORS: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("crossmodal_type_errors",
+                                                                              default=None)
 
 
 class Refused(Exception):
@@ -59,9 +64,10 @@ def refusal(body: bytes, limits: Limits = LIMITS):
     return screened(body, limits)[0]
 
 
-def screened(body: bytes, limits: Limits = LIMITS) -> tuple[Optional[Refused], bytes]:
-    """Why a JSON request body is refused before Jina parses it into documents, or None, and
-    the body to hand on: the client's documents keep only ``CLIENT_FIELDS`` (``client_documents``).
+def screened(body: bytes, limits: Limits = LIMITS) -> tuple[Optional[Refused], bytes, dict[int, str]]:
+    """Why a JSON request body is refused before Jina parses it into documents, or None; the
+    body to hand on, whose documents keep only ``CLIENT_FIELDS``; and the listed documents
+    that fail on a field's type, by position (``client_documents``).
 
     A body that is not JSON is left to FastAPI (422). Counting documents here costs one
     ``json.loads`` of a body already bounded by ``max_body_bytes``, while a million empty
@@ -70,46 +76,48 @@ def screened(body: bytes, limits: Limits = LIMITS) -> tuple[Optional[Refused], b
     try:
         request = json.loads(body)
     except RecursionError:
-        return Refused(400, "body: JSON nested too deeply", field="body"), body
+        return Refused(400, "body: JSON nested too deeply", field="body"), body, {}
     except ValueError:
-        return None, body
+        return None, body, {}
     if not isinstance(request, dict):
-        return None, body
+        return None, body, {}
     error = value_error("parameters", request.get("parameters"), limits.max_tags_depth)
     if error:
-        return Refused(422, error[1], field=error[0]), body
+        return Refused(422, error[1], field=error[0]), body, {}
     data = request.get("data")
     if isinstance(data, list) and len(data) > limits.max_docs_per_request:
         return Refused(413, f"data: {len(data)} documents exceed max_docs_per_request="
                             f"{limits.max_docs_per_request}; send them in several requests",
-                       limit="max_docs_per_request"), body
+                       limit="max_docs_per_request"), body, {}
     header = request.get("header")
     if isinstance(header, dict) and any(header.get(key) for key in ROUTING_KEYS):
         return Refused(400, "header.target_executor: clients cannot route requests; "
-                            "every request goes through the whole Flow", field="header.target_executor"), body
-    refused, dropped = client_documents(data)
-    if refused is None and dropped:
+                            "every request goes through the whole Flow", field="header.target_executor"), body, {}
+    refused, dropped, errors = client_documents(data)
+    if refused is None and (dropped or errors):
         body = json.dumps(request).encode()
-    return refused, body
+    return refused, body, errors
 
 
-def client_documents(data) -> tuple[Optional[Refused], bool]:
+def client_documents(data) -> tuple[Optional[Refused], bool, dict[int, str]]:
     """Drop what a client may not set from the documents of ``data`` (in place), and check the
-    rest of each listed document: why the request is refused, or None; whether any field was
-    dropped. Jina types ``data`` as one document or a list of them, and pydantic, when the list
-    fails validation, reads it as ONE document made of pairs: ``[{"id": "a", "text": []}]``
-    became the document ``{"id": "text"}``, so a /delete removed the item "text"."""
+    rest: why the request is refused, or None; whether any field was dropped; and, by position,
+    why a listed document fails on a field's type (it is replaced by a bare one, answered with
+    that error, and its siblings go on). Jina types ``data`` as one document or a list of them,
+    and pydantic, when the list failed validation, read it as ONE document made of pairs:
+    ``[{"id": "a", "text": []}]`` became the document ``{"id": "text"}``, and a /delete removed
+    the item "text"."""
     from pydantic import ValidationError
 
     from crossmodal.api.schemas import CLIENT_FIELDS, ContentDoc
 
     docs = data if isinstance(data, list) else [data] if isinstance(data, dict) else []
-    dropped = False
+    dropped, errors = False, {}
     for i, doc in enumerate(docs):
         where = f"data[{i}]" if isinstance(data, list) else "data"
         if not isinstance(doc, dict):
             return Refused(422, f"{where}: must be a JSON object (a document), got {type(doc).__name__}",
-                           field=where), dropped
+                           field=where), dropped, errors
         for name in doc.keys() - CLIENT_FIELDS:
             del doc[name]
             dropped = True
@@ -117,9 +125,12 @@ def client_documents(data) -> tuple[Optional[Refused], bool]:
             ContentDoc(**doc)
         except ValidationError as err:
             first = err.errors()[0]
-            field = f"{where}.{'.'.join(str(part) for part in first['loc'])}"
-            return Refused(422, f"{field}: {first['msg']}", field=field), dropped
-    return None, dropped
+            field = ".".join(str(part) for part in first["loc"])
+            if not isinstance(data, list):
+                return Refused(422, f"{where}.{field}: {first['msg']}", field=f"{where}.{field}"), dropped, errors
+            errors[i] = f"{field}: {first['msg']}"
+            docs[i] = {"id": doc["id"]} if isinstance(doc.get("id"), str) else {}
+    return None, dropped, errors
 
 
 def value_error(name: str, value, depth: int) -> Optional[tuple[str, str]]:
@@ -179,7 +190,7 @@ def guard_requests(app, limits: Limits = LIMITS):
             if size > limits.max_body_bytes:
                 return await _answer(scope, send, too_big)
             more = message.get("more_body", False)
-        refused, body = screened(b"".join(chunks), limits)
+        refused, body, type_errors = screened(b"".join(chunks), limits)
         if refused is not None:
             return await _answer(scope, send, refused)
         scope["headers"] = [(key, str(len(body)).encode() if key == b"content-length" else value)
@@ -193,7 +204,11 @@ def guard_requests(app, limits: Limits = LIMITS):
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        return await app(scope, replay, send)
+        token = _TYPE_ERRORS.set(type_errors)
+        try:
+            return await app(scope, replay, send)
+        finally:
+            _TYPE_ERRORS.reset(token)
 
     return guarded
 
@@ -259,6 +274,8 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
         from jina.excepts import EstablishGrpcConnectionError, InternalNetworkError
         from jina.proto import jina_pb2
 
+        from crossmodal.api.convert import sendable
+
         if not return_results:  # Jina's own health checks
             async for resp in original(docs, request_size=request_size, return_results=return_results, **kwargs):
                 yield resp
@@ -266,6 +283,9 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
         kwargs["target_executor"] = None
         doc_type = kwargs["return_type"].doc_type
         bad = _document_errors(docs, doc_type)
+        for i, error in (_TYPE_ERRORS.get() or {}).items():  # found by the body guard (client_documents)
+            if i < len(docs):
+                bad[i] = doc_type(id=sendable(docs[i].id), status="error", error=error)
         good = DocList[docs.doc_type]([d for i, d in enumerate(docs) if i not in bad])
         answered, last = [], None
         try:
