@@ -3,7 +3,7 @@
 Both towers live in this one process, as in clip-as-service's CLIPEncoder: importing torch
 and open_clip costs ~430 MB of private memory per process with this torch build, so one
 encoder process per tower paid for two torch runtimes (issue 12: 1.75x the memory of one
-process holding a full CLIP, against 1.25x now), and every request made one more hop.
+process holding a full CLIP, against 1.25x with one process), and every request made one more hop.
 Replicas (``--replicas``) scale both towers together.
 
 Every torch call of the process runs in one worker thread, loading included: OpenMP gives
@@ -12,8 +12,8 @@ a short ViT-B-32 text query 36 -> 23 ms and a one-image post 136 -> 111 ms (2 co
 Decoding and resizing run in a pool beside it (PIL only, no torch).
 
 This module imports no torch: the constructor lifts the launcher's block on model
-libraries only once it knows the model, and keeps open_clip's optional ones that the
-model does not use (timm: ~60 MB) out of the process.
+libraries only once it knows the model, and keeps out those the model does not use
+(``resolve.unused_libraries``: timm ~60 MB, and on the CPU triton ~75 MB).
 """
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
