@@ -172,20 +172,22 @@ def users_check(cfg: ServiceConfig) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from docarray import DocList
     from tqdm import tqdm
 
-    from crossmodal.api.schemas import ContentDoc
-    from crossmodal.inputs.loaders import discover
+    from crossmodal.inputs.loaders import discover, unsendable
     from crossmodal.serve.flow import running_flow
+    from crossmodal.serve.posting import post_all
 
     if args.data is None:
         args.data = DEMO_DATA
         print(f"no --data given: indexing the shipped demo data in {DEMO_DATA}", flush=True)
     sources = discover(args.data, args.owner)
-    counts, failures = Counter(), []
+    failures = [(source.id, reason) for source, reason in unsendable(sources)]  # never read nor sent
+    counts = Counter(error=len(failures))
+    refused = {doc_id for doc_id, _ in failures}
     with running_flow(service_config(args)) as client, tqdm(total=len(sources), unit="doc", desc="indexing") as bar:
         start = time.time()
+        bar.update(len(failures))
         def done(response) -> None:
             for doc in response.docs:
                 counts[doc.status or "error"] += 1
@@ -193,9 +195,8 @@ def run_index(args: argparse.Namespace) -> int:
                     failures.append((doc.id, doc.error))
             bar.update(len(response.docs))
 
-        docs = (source.to_doc() for source in sources)
-        client.post("/index", inputs=docs, request_size=args.batch_size, on_done=done,
-                    return_type=DocList[ContentDoc], prefetch=4)
+        docs = (source.to_doc() for source in sources if source.id not in refused)
+        post_all(client, "/index", docs, done, max_docs=args.batch_size)
         seconds = time.time() - start
     for doc_id, error in failures[:20]:
         print(f"  failed {doc_id}: {error}", file=sys.stderr)

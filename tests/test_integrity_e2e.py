@@ -166,6 +166,25 @@ def test_grpc_requests_are_bounded_in_documents_like_http_bodies(server):
     assert count(server.http_port) >= 3  # still serving
 
 
+def test_grpc_messages_are_bounded_in_bytes_like_http_bodies(server):
+    """Jina lets a gRPC message be any size, and the gateway held each one whole."""
+    from jina.excepts import BadServerFlow
+
+    client = Client(host="127.0.0.1", port=server.grpc_port)
+    huge = DocList[ContentDoc]([ContentDoc(id="huge-1", owner="alice", modality="image",
+                                           blob=b"\xff" * (LIMITS.max_body_bytes + 1))])
+    with pytest.raises(BadServerFlow, match="RESOURCE_EXHAUSTED"):
+        client.post("/index", huge, return_type=DocList[ContentDoc])
+    # under the message limit, an image over max_image_bytes is still its document's error
+    large = DocList[ContentDoc]([ContentDoc(id="large-1", owner="alice", modality="image",
+                                            blob=b"\xff" * (LIMITS.max_image_bytes + 1)),
+                                 ContentDoc(id="large-2", owner="alice", modality="text", text="a sibling")])
+    answer = client.post("/index", large, return_type=DocList[ContentDoc])
+    assert [(d.id, d.status) for d in answer] == [("large-1", "error"), ("large-2", "indexed")]
+    assert "max_bytes" in answer[0].error
+    assert count(server.http_port) >= 3  # still serving
+
+
 def test_a_listed_document_is_never_read_as_a_pair_of_its_keys(server):
     """pydantic read a one-item list that failed validation as ONE document built from pairs:
     ``[{"id": "t7", "status": []}]`` became ``{"id": "status"}`` and /delete removed "status"."""

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.inputs.captions import caption_rows, header, is_caption_table, table_rows
-from crossmodal.inputs.images import IMAGE_SUFFIXES, list_images
+from crossmodal.inputs.images import IMAGE_SUFFIXES, ImageLimits, list_images, too_large
 
 TEXT_HEADER = ("text",)
 
@@ -32,6 +32,20 @@ class Source:
         blob = self.path.read_bytes() if self.path else None
         return ContentDoc(id=self.id, owner=self.owner, modality=self.modality, text=self.text,
                           blob=blob, tags=self.tags)
+
+
+def unsendable(sources: Iterable[Source], limits: ImageLimits = ImageLimits()) -> Iterator[tuple[Source, str]]:
+    """Image sources that cannot be read, or that the server would refuse for their size,
+    with the reason: a client need not read (nor send) them, and their siblings still go."""
+    for source in sources:
+        if source.path is None:
+            continue
+        try:
+            reason = too_large(source.path.stat().st_size, limits)
+        except OSError as err:
+            reason = f"path: {source.path}: {err.strerror or err}"
+        if reason:
+            yield source, reason
 
 
 def captions(table: Path, default_owner: str) -> Iterator[Source]:

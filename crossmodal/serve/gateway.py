@@ -434,6 +434,10 @@ class AuthGRPCGateway(GRPCGateway):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        # Jina lets a gRPC message be any size: one message of a gigabyte would be held whole
+        options = dict(self.grpc_server_options or {})
+        options["grpc.max_receive_message_length"] = LIMITS.max_body_bytes
+        self.grpc_server_options = options
         orchestrate(self.streamer)
         interceptors = list(self.grpc_tracing_server_interceptors or [])
         logged = [requestlog.GRPCRequestLog(OPEN_GRPC_SERVICES)] if requestlog.enabled() else []

@@ -35,12 +35,15 @@ EVAL_OWNER = "eval"
 
 def _post(client, endpoint: str, docs: Iterable, total: int, batch_size: int, parameters: Optional[dict] = None):
     """Stream ``docs`` in requests of ``batch_size`` (images are read lazily) and fail on any error."""
-    from docarray import DocList
+    from crossmodal.serve.posting import post_all
 
-    from crossmodal.api.schemas import ContentDoc
+    result = []
+    with tqdm(total=total, desc=endpoint.strip("/"), unit="doc") as bar:
+        def done(response) -> None:
+            result.extend(response.docs)
+            bar.update(len(response.docs))
 
-    result = client.post(endpoint, inputs=tqdm(docs, total=total, desc=endpoint.strip("/"), unit="doc"),
-                         parameters=parameters or {}, request_size=batch_size, return_type=DocList[ContentDoc])
+        post_all(client, endpoint, docs, done, max_docs=batch_size, parameters=parameters)
     failed = [d for d in result if d.status == "error"]
     if failed:
         raise RuntimeError(f"{endpoint}: {len(failed)} document(s) failed, e.g. {failed[0].id}: {failed[0].error}")
