@@ -6,6 +6,8 @@
     python app.py -t finetune --data DIR --out DIR   # contrastive fine-tuning (open_clip loss)
     python app.py -t eval --data DIR                 # Precision/Recall/nDCG@K through the Flow
     python app.py -t adduser NAME [--admin]          # create a user, print its token once
+    python app.py -t newtoken NAME                   # a new token for NAME; the old one stops working
+    python app.py -t deluser NAME                    # remove NAME: its token stops working
     python app.py -t query --shards 2 --replicas 2   # the indexer in 2 shards, 2 encoder replicas
     python app.py -t reshard --shards 4              # redistribute a stopped workspace over 4 shards
     python app.py -t export --format compose --out deploy   # Docker Compose / Kubernetes files
@@ -39,8 +41,8 @@ DEMO_DATA = Path(__file__).resolve().parent / "data" / "demo"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-t", "--task", required=True,
-                   choices=["index", "query", "finetune", "eval", "adduser", "reshard", "export"])
-    p.add_argument("name", nargs="?", help="adduser: the new user's name")
+                   choices=["index", "query", "finetune", "eval", "adduser", "newtoken", "deluser", "reshard", "export"])
+    p.add_argument("name", nargs="?", help="adduser / newtoken / deluser: the user's name")
     p.add_argument("--admin", action="store_true", help="adduser: the user may act for anyone")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--auth", action="store_true", default=None,
@@ -124,22 +126,32 @@ def auth_wanted(args: argparse.Namespace) -> bool:
     return bool(args.auth)
 
 
-def run_adduser(args: argparse.Namespace) -> int:
-    """Runs without the model stack (main calls it before importing torch): it takes a second."""
+USER_TASKS = {"adduser": "alice [--admin]", "newtoken": "alice", "deluser": "alice"}
+
+
+def run_user_task(args: argparse.Namespace) -> int:
+    """adduser / newtoken / deluser. Runs without the model stack (main calls it before
+    importing torch): it takes a second, and a running service sees the change at once."""
     from crossmodal.index.users import UserError, Users
 
     if not args.name:
-        sys.exit("-t adduser needs a NAME: python app.py -t adduser alice [--admin] --workspace DIR")
+        sys.exit(f"-t {args.task} needs a NAME: python app.py -t {args.task} {USER_TASKS[args.task]} --workspace DIR")
     users = Users(args.workspace)
     try:
-        token = users.add(args.name, admin=args.admin)
+        if args.task == "deluser":
+            users.remove(args.name)
+            print(f"user {args.name!r} removed from {args.workspace}: its token no longer works "
+                  "(what it posted stays, under its name)")
+            return 0
+        token = users.add(args.name, admin=args.admin) if args.task == "adduser" else users.rotate(args.name)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         users.close()
-    print(f"{'admin ' if args.admin else ''}user {args.name!r} added to {args.workspace}. Its token, shown only once:\n"
-          f"{token}")
+    done = (f"{'admin ' if args.admin else ''}user {args.name!r} added to {args.workspace}" if args.task == "adduser"
+            else f"user {args.name!r} of {args.workspace} has a new token; the old one no longer works")
+    print(f"{done}. Its token, shown only once:\n{token}")
     return 0
 
 
@@ -286,8 +298,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    if args.task == "adduser":
-        return run_adduser(args)
+    if args.task in USER_TASKS:
+        return run_user_task(args)
     if args.task == "reshard":
         return run_reshard(args)
     if args.task != "finetune":  # this process and the Flow's, forked from it, run no model

@@ -117,9 +117,8 @@ class AuthSettings:
     scrypt_r: int = 8
     scrypt_p: int = 1
     max_name_chars: int = 64
-    # the gateway remembers tokens it verified (by SHA-256, never the token) so that a
-    # client's next requests skip scrypt; a user removed from the table loses access
-    # within this time
+    # the gateway remembers tokens it verified (by SHA-256, never the token) for this long,
+    # so that a client's next requests skip scrypt (they still look the token's id up)
     cache_seconds: float = 60.0
     cache_entries: int = 4096
     # a refused gRPC stream is read up to this many requests before the refusal is sent, so

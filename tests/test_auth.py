@@ -127,9 +127,10 @@ def test_one_shot_tasks_never_turn_auth_on():
     assert app.service_config(app.parse_args(["-t", "index", "--host", "0.0.0.0"])).auth is False
 
 
-def test_verified_tokens_are_remembered_for_a_while_and_wrong_ones_never(tmp_path):
+def test_verified_tokens_are_remembered_for_a_while_and_wrong_ones_never(tmp_path, monkeypatch):
     import sqlite3
 
+    from crossmodal.index import users as users_module
     from crossmodal.index.store import DB_NAME
     from crossmodal.settings import AuthSettings
 
@@ -139,7 +140,20 @@ def test_verified_tokens_are_remembered_for_a_while_and_wrong_ones_never(tmp_pat
         assert asyncio.run(checker.user(token)) == User("bob")
         assert asyncio.run(checker.user(token + "x")) is None
     assert len(cached._verified) == 1 and token.encode() not in str(cached._verified).encode()
+    hashed = []
+    monkeypatch.setattr(users_module, "_hash", lambda *a: hashed.append(1) or b"")
+    assert asyncio.run(cached.user(token)) == User("bob") and not hashed  # remembered: no scrypt
     with sqlite3.connect(tmp_path / DB_NAME) as db:
         db.execute("DELETE FROM users")
-    assert asyncio.run(cached.user(token)) == User("bob")  # within cache_seconds
+    assert asyncio.run(cached.user(token)) is None  # removed: refused at once, cache or not
     assert asyncio.run(uncached.user(token)) is None
+
+
+def test_a_rotated_token_is_refused_at_once_although_it_was_remembered(tmp_path):
+    users = Users(tmp_path)
+    old = users.add("bob", admin=True)
+    checker = auth.Authenticator(tmp_path, True)
+    assert asyncio.run(checker.user(old)) == User("bob", True)
+    new = users.rotate("bob")
+    assert asyncio.run(checker.user(old)) is None
+    assert asyncio.run(checker.user(new)) == User("bob", True)

@@ -41,7 +41,8 @@ def service(tmp_path_factory):
         indexed = grpc.post("/index", DocList[ContentDoc](BASE), return_type=DocList[ContentDoc],
                             metadata=(("authorization", f"Bearer {tokens['root']}"),))
         assert [d.status for d in indexed] == ["indexed"] * len(BASE)
-        yield {"server": server, "tokens": tokens, "grpc": grpc, "http": server.http_port, "again": again}
+        yield {"server": server, "tokens": tokens, "grpc": grpc, "http": server.http_port, "again": again,
+               "workspace": workspace}
     finally:
         server.stop()
 
@@ -81,6 +82,29 @@ def request_for(endpoint):
     return {"/index": [{"id": "intruder", "owner": "alice", "modality": "text", "text": "x"}],
             "/search": [{"id": "q", "text": "red"}], "/delete": [{"id": "alice-text"}],
             "/stats": [], "/recommend": [{}]}[endpoint]
+
+
+def test_newtoken_and_deluser_take_effect_in_the_running_service_at_once(service):
+    workspace = service["workspace"]
+    old = add_user(workspace, "erin")
+    assert http(service, "/stats", [], token=old)[0] == 200  # verified: the gateway remembers it
+    rotated = run_app("-t", "newtoken", "erin", "--workspace", str(workspace))
+    assert rotated.returncode == 0 and "the old one no longer works" in rotated.stdout, rotated.stderr
+    new = rotated.stdout.strip().splitlines()[-1]
+    assert new.startswith("cm_") and new != old
+    assert http(service, "/stats", [], token=old)[0] == 401
+    with pytest.raises(Exception, match="UNAUTHENTICATED"):
+        grpc(service, "/stats", [], token=old)
+    status, body = http(service, "/index", [{"id": "erin-1", "owner": "erin", "modality": "text", "text": "hi"}],
+                        token=new)
+    assert status == 200 and body["data"][0]["status"] == "indexed"
+    removed = run_app("-t", "deluser", "erin", "--workspace", str(workspace))
+    assert removed.returncode == 0 and "removed" in removed.stdout, removed.stderr
+    assert http(service, "/stats", [], token=new)[0] == 401
+    status, body = http(service, "/items", [{"id": "erin-1"}], "root")
+    assert status == 200 and (body["data"][0]["status"], body["data"][0]["text"]) == ("ok", "hi")  # erin's post stays
+    again = run_app("-t", "deluser", "erin", "--workspace", str(workspace))
+    assert again.returncode == 2 and "'erin' does not exist" in again.stderr
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)

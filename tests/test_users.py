@@ -51,6 +51,22 @@ def test_duplicate_and_invalid_names_are_errors(tmp_path):
             users.add(name)
 
 
+def test_a_rotated_token_replaces_the_old_one_and_a_removed_user_has_none(tmp_path):
+    users = Users(tmp_path)
+    old = users.add("root", admin=True)
+    other = users.add("alice")
+    new = users.rotate("root")
+    assert users.verify(old) is None and users.verify(new) == User("root", True)  # still an admin
+    assert users.holder(old) is None and users.holder(new) == User("root", True)
+    users.remove("root")
+    assert users.verify(new) is None and users.holder(new) is None
+    assert users.verify(other) == User("alice")  # nobody else is touched
+    for change in (users.rotate, users.remove):
+        with pytest.raises(UserError, match="'root' does not exist"):
+            change("root")
+    assert users.add("root") != new  # the name is free again, with a token of its own
+
+
 def test_gateway_reads_read_only_and_sees_users_added_later(tmp_path):
     Users(tmp_path).close()
     reader = Users(tmp_path, read_only=True)

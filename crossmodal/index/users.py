@@ -90,18 +90,40 @@ class Users:
         with self._lock:
             self._db.close()
 
+    def _new_token(self) -> tuple[str, tuple[str, bytes, bytes]]:
+        """A token, and what the table keeps of it: its id, a salt and the secret's hash."""
+        token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(self.settings.token_bytes)
+        salt = secrets.token_bytes(self.settings.salt_bytes)
+        return f"cm_{token_id}.{secret}", (token_id, salt, _hash(secret, salt, self.settings))
+
     def add(self, name: str, admin: bool = False) -> str:
         """Create a user; returns the token, which is not stored and cannot be shown again."""
         check_name(name, self.settings)
-        token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(self.settings.token_bytes)
-        salt = secrets.token_bytes(self.settings.salt_bytes)
+        token, (token_id, salt, hashed) = self._new_token()
         try:
             with self._lock:
                 self._db.execute("INSERT INTO users VALUES (?,?,?,?,?,?)",
-                                 (name, int(admin), token_id, salt, _hash(secret, salt, self.settings), time.time()))
+                                 (name, int(admin), token_id, salt, hashed, time.time()))
         except sqlite3.IntegrityError:
             raise UserError(f"user {name!r} already exists in {self.path}") from None
-        return f"cm_{token_id}.{secret}"
+        return token
+
+    def rotate(self, name: str) -> str:
+        """A new token for ``name``; the old one stops working at once, even in a running gateway."""
+        token, (token_id, salt, hashed) = self._new_token()
+        with self._lock:
+            changed = self._db.execute("UPDATE users SET token_id=?, salt=?, hash=? WHERE name=?",
+                                       (token_id, salt, hashed, name)).rowcount
+        if not changed:
+            raise UserError(f"user {name!r} does not exist in {self.path}")
+        return token
+
+    def remove(self, name: str) -> None:
+        """Delete ``name`` and so its token; what it posted stays, owned by that name."""
+        with self._lock:
+            removed = self._db.execute("DELETE FROM users WHERE name=?", (name,)).rowcount
+        if not removed:
+            raise UserError(f"user {name!r} does not exist in {self.path}")
 
     def _row(self, token_id: str) -> Optional[tuple]:
         try:
@@ -110,6 +132,13 @@ class Users:
                                         (token_id,)).fetchone()
         except sqlite3.OperationalError:  # no users table yet: nobody can sign in
             return None
+
+    def holder(self, token: Optional[str]) -> Optional[User]:
+        """Who holds the token's id now, without checking its secret: one indexed read, so a
+        gateway can re-check a token it verified before at every request."""
+        found = _TOKEN.fullmatch(token) if isinstance(token, str) else None
+        row = self._row(found.group(1)) if found else None
+        return User(row[0], bool(row[1])) if row else None
 
     def verify(self, token: Optional[str]) -> Optional[User]:
         """The token's user, or None; the same work is done whether or not it matches anyone."""

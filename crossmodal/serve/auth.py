@@ -59,7 +59,9 @@ class Authenticator:
 
     Verified tokens are remembered by their SHA-256 for ``cache_seconds``: scrypt
     costs 10-25 ms here, as much as a whole /stats request. Only successes are kept,
-    so a wrong token always costs the full check.
+    so a wrong token always costs the full check. A remembered token is still looked up
+    by its id at every request (microseconds), so removing a user or rotating its token
+    takes effect at once.
     """
 
     def __init__(self, workspace: Path, enabled: bool, settings: AuthSettings = AUTH):
@@ -79,7 +81,9 @@ class Authenticator:
         now = time.monotonic()
         cached = self._verified.get(key)
         if cached and cached[0] > now:
-            return cached[1]
+            if self._users.holder(token) == cached[1]:  # not removed, its token not rotated
+                return cached[1]
+            del self._verified[key]
         user = await asyncio.to_thread(self._users.verify, token)
         if user is not None:
             if len(self._verified) >= self.settings.cache_entries:
