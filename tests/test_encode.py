@@ -36,17 +36,33 @@ def test_truncated_context_matches_open_clip_vit_b32():
     assert ((ours * _open_clip_reference(tower, TEXTS[:3])).sum(axis=1) >= 0.9999).all()
 
 
-def test_cpu_layout_computes_the_same_transformer():
-    """The in/out weight layout is exact, batched and padded inputs included."""
-    from crossmodal.model.cpu_layout import relayout_text_tower
+@pytest.mark.parametrize("layout", ["PackedLinear", "InOutLinear"])
+def test_cpu_layouts_compute_the_same_towers(layout):
+    """Both layouts are exact for either tower, batched and padded inputs included."""
+    from crossmodal.model import cpu_layout
 
     model, _ = create_model(resolve(TINY_MODEL, "none"), torch.device("cpu"), seed=3)
     tokens = load_text_tower(resolve(TINY_MODEL, "none")).transform(TEXTS)
+    pixels = torch.randn(3, 3, *model.visual.image_size)
+    linear = getattr(cpu_layout, layout)
     with torch.inference_mode():
-        before = model.encode_text(tokens)
-        assert type(relayout_text_tower(model).transformer.resblocks[0].attn).__name__ == "InOutSelfAttention"
-        after = model.encode_text(tokens)
-    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
+        before = model.encode_text(tokens), model.visual(pixels)
+        assert cpu_layout.relayout(model.transformer, linear) and cpu_layout.relayout(model.visual.transformer, linear)
+        for block in (model.transformer.resblocks[0], model.visual.transformer.resblocks[-1]):
+            assert type(block.attn.in_proj) is linear and type(block.mlp.c_proj) is linear
+        after = model.encode_text(tokens), model.visual(pixels)
+    for b, a in zip(before, after):
+        assert torch.allclose(b, a, atol=1e-5), (b - a).abs().max()
+
+
+def test_the_service_towers_take_the_packed_layout_on_cpu():
+    from crossmodal.model.cpu_layout import PackedLinear, fast_linear
+    from crossmodal.model.towers import load_towers
+
+    assert fast_linear() is PackedLinear  # this torch build has oneDNN: the layout benchmarked
+    text, image = load_towers(resolve(TINY_MODEL, "none"), device="cpu")
+    assert type(text.module.transformer.resblocks[0].mlp.c_fc) is PackedLinear
+    assert type(image.module.transformer.resblocks[0].attn.out_proj) is PackedLinear
 
 
 def test_embeddings_are_unit_float32_and_towers_are_split(text_tower):

@@ -1,12 +1,18 @@
-"""Inference-only weight layout for CLIP's text tower on CPU.
+"""Inference-only weight layouts for CLIP's transformers on CPU.
 
-A short text query is a handful of tokens, so every linear layer is a skinny
-matrix product whose cost is streaming its weights from memory. MKL streams an
-``(in, out)`` row-major weight markedly faster than the ``(out, in)`` one that
-``nn.Linear`` and ``nn.MultiheadAttention`` keep (measured here: 30 -> 19 ms for a
-ViT-B-32 query). The maths is unchanged: outputs match to float32 rounding.
+A short text query is a handful of tokens and an image fifty, so every linear layer
+is a skinny matrix product whose cost is streaming its weights from memory. MKL
+repacks an ``nn.Linear`` weight at every product, which for so few rows costs as much
+as the product itself; oneDNN's matmul reads a weight packed once, at load, in its
+blocked layout (``PackedLinear``; what ``torch.compile`` does to CPU linears). Measured
+here on ViT-B-32: a short query's text encode 24 -> 14 ms, one image 110 -> 81 ms, a
+batch of 8 images unchanged. Without oneDNN, an ``(in, out)`` row-major weight
+(``InOutLinear``) still streams faster than ``(out, in)`` (30 -> 19 ms for a query).
+The maths is unchanged: outputs match to float32 rounding.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +37,31 @@ class InOutLinear(nn.Module):
         return out.view(*shape[:-1], out.shape[-1])
 
 
+class PackedLinear(nn.Module):
+    """``nn.Linear`` with its weight in oneDNN's blocked layout, packed once at load.
+
+    MKL repacks a weight at every product; for a few tokens that repacking costs as much
+    as the product. oneDNN's packed matmul (what ``torch.compile`` uses for CPU linears)
+    reads the weight as stored, for any number of rows.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None))
+        self.register_buffer("bias", bias.detach().clone())
+        self.out_features = weight.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:  # open_clip reads the dtype from here
+        return self.packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]).contiguous(), self.packed, self.bias,
+                                                 "none", [], "")
+        return out.view(*shape[:-1], self.out_features)
+
+
 def plain_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     """An ordinary ``nn.Linear`` holding a copy of the weights (what quantisation looks for)."""
     linear = nn.Linear(weight.shape[1], weight.shape[0])
@@ -39,10 +70,10 @@ def plain_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     return linear
 
 
-class InOutSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
     """Drop-in for an ``nn.MultiheadAttention`` used as self-attention, as open_clip calls it.
 
-    ``linear`` builds its two projections: in/out layout by default, plain
+    ``linear`` builds its two projections: a layout of this module, or plain
     ``nn.Linear`` for ``precision.quantize_text_tower``.
     """
 
@@ -61,23 +92,42 @@ class InOutSelfAttention(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
-def known_layout(model: nn.Module) -> bool:
-    """open_clip's standard text blocks (biased self-attention and MLP), which the swaps here assume."""
-    for block in model.transformer.resblocks:
+def fast_linear():
+    """The quickest exact layout this torch build offers."""
+    packed = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return PackedLinear if packed else InOutLinear
+
+
+def known_layout(transformer: nn.Module) -> bool:
+    """open_clip's standard blocks (biased self-attention and MLP), which the swaps here assume."""
+    for block in getattr(transformer, "resblocks", None) or ():
         attn, mlp = block.attn, getattr(block, "mlp", None)
         if not (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
                 and isinstance(getattr(mlp, "c_fc", None), nn.Linear) and isinstance(getattr(mlp, "c_proj", None), nn.Linear)
                 and mlp.c_fc.bias is not None and mlp.c_proj.bias is not None):
             return False
+    return transformer is not None and bool(getattr(transformer, "resblocks", None))
+
+
+def relayout(transformer: Optional[nn.Module], linear=None) -> bool:
+    """Swap a transformer's projections for ``linear`` ones (default: ``fast_linear``), in place.
+    An architecture this does not know is left as open_clip built it; returns whether it changed."""
+    if not known_layout(transformer):
+        return False
+    linear = linear or fast_linear()
+    for block in transformer.resblocks:
+        block.attn = SelfAttention(block.attn, linear=linear)
+        block.mlp.c_fc = linear(block.mlp.c_fc.weight, block.mlp.c_fc.bias)
+        block.mlp.c_proj = linear(block.mlp.c_proj.weight, block.mlp.c_proj.bias)
     return True
 
 
 def relayout_text_tower(model: nn.Module) -> nn.Module:
-    """Swap the text transformer's projections for in/out-layout ones (inference only)."""
-    if not known_layout(model):
-        return model  # an architecture this does not know: leave it as open_clip built it
-    for block in model.transformer.resblocks:
-        block.attn = InOutSelfAttention(block.attn)
-        block.mlp.c_fc = InOutLinear(block.mlp.c_fc.weight, block.mlp.c_fc.bias)
-        block.mlp.c_proj = InOutLinear(block.mlp.c_proj.weight, block.mlp.c_proj.bias)
+    relayout(getattr(model, "transformer", None))
     return model
+
+
+def relayout_image_tower(visual: nn.Module) -> nn.Module:
+    """A ViT's blocks (a ResNet or timm trunk has none of open_clip's: it stays as it is)."""
+    relayout(getattr(visual, "transformer", None))
+    return visual

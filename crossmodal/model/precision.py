@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossmodal.model.cpu_layout import InOutSelfAttention, known_layout, plain_linear, relayout_text_tower
+from crossmodal.model.cpu_layout import SelfAttention, known_layout, plain_linear, relayout_text_tower
 
 PRECISIONS = ("fp32", "int8")
 
@@ -24,10 +24,10 @@ def check_precision(precision: str) -> str:
 
 def quantize_text_tower(model: nn.Module) -> nn.Module:
     """Every linear layer of the text transformer in int8 (self-attention's projections included)."""
-    if not known_layout(model):
+    if not known_layout(getattr(model, "transformer", None)):
         raise ValueError("precision 'int8': this model's text blocks are not open_clip's standard ones")
     for block in model.transformer.resblocks:
-        block.attn = InOutSelfAttention(block.attn, linear=plain_linear)
+        block.attn = SelfAttention(block.attn, linear=plain_linear)
     torch.ao.quantization.quantize_dynamic(model.transformer, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return model
 

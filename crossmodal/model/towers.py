@@ -44,7 +44,10 @@ def create_model(spec: ModelSpec, device: torch.device, seed: int = 0):
 
 
 def _image_tower(model, preprocess, spec: ModelSpec, device: torch.device) -> Tower:
-    return Tower(model.visual, preprocess, spec, device, embed_dim(spec))
+    from crossmodal.model.cpu_layout import relayout_image_tower
+
+    visual = relayout_image_tower(model.visual) if device.type == "cpu" else model.visual
+    return Tower(visual, preprocess, spec, device, embed_dim(spec))
 
 
 def _text_tower(model, spec: ModelSpec, device: torch.device, precision: str) -> Tower:
