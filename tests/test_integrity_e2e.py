@@ -185,6 +185,16 @@ def test_grpc_messages_are_bounded_in_bytes_like_http_bodies(server):
     assert count(server.http_port) >= 3  # still serving
 
 
+def test_per_request_endpoints_are_never_cut_into_chunks(server):
+    """Bodies travel in chunks of chunk_docs: /stats answered one stats document per chunk,
+    and /recommend refused 70 documents as "got 64"."""
+    many = [{"id": f"r{i}"} for i in range(LIMITS.chunk_docs + 6)]
+    status, body = http_post(server.http_port, "/recommend", many, {"username": "alice"})
+    assert status == 422 and f"got {len(many)}" in body["detail"], body
+    status, body = http_post(server.http_port, "/stats", many)
+    assert status == 200 and len(body["data"]) == 1 and body["data"][0]["tags"]["total"] >= 3
+
+
 def test_a_listed_document_is_never_read_as_a_pair_of_its_keys(server):
     """pydantic read a one-item list that failed validation as ONE document built from pairs:
     ``[{"id": "t7", "status": []}]`` became ``{"id": "status"}`` and /delete removed "status"."""

@@ -259,6 +259,9 @@ def _document_errors(docs, doc_type) -> dict:
     return errors
 
 
+WHOLE_REQUESTS = frozenset({"/stats", "/recommend"})
+
+
 def answer_whole(streamer, limits: Limits = LIMITS) -> None:
     """Make this streamer's ``stream_docs`` yield ONE response holding every document.
 
@@ -288,9 +291,11 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
                 bad[i] = doc_type(id=sendable(docs[i].id), status="error", error=error)
         good = DocList[docs.doc_type]([d for i, d in enumerate(docs) if i not in bad])
         answered, last = [], None
+        # /stats and /recommend answer the request, not each document: never cut them
+        chunk_docs = limits.chunk_docs if kwargs.get("exec_endpoint") not in WHOLE_REQUESTS else max(len(good), 1)
         try:
-            for start in range(0, max(len(good), 1), limits.chunk_docs):
-                chunk = good[start:start + limits.chunk_docs]
+            for start in range(0, max(len(good), 1), chunk_docs):
+                chunk = good[start:start + chunk_docs]
                 async for resp in original(chunk, request_size=max(len(chunk), 1), return_results=True,
                                            **{**kwargs, "request_id": kwargs.get("request_id") if start == 0 else None}):
                     status = resp.header.status
@@ -314,7 +319,7 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
                 merged.insert(i, bad[i])
         else:  # an endpoint that answers other documents than it got (/stats)
             merged.extend(bad[i] for i in sorted(bad))
-        if bad or len(good) > limits.chunk_docs:
+        if bad or len(good) > chunk_docs:
             answer = DocList[doc_type](merged)
             last.data.docs = answer
         else:  # one chunk and nothing refused (a query): the last response holds the whole answer
