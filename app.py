@@ -102,7 +102,7 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
         host=args.host, device=args.device,
         index_factory=args.index_factory, data_roots=tuple(args.data_roots), precision=args.precision,
         auth=serving and auth_wanted(args), shards=args.shards, replicas=args.replicas,
-        metrics_port=args.metrics, calibrate=args.calibrate,
+        metrics_port=args.metrics, calibrate=args.calibrate, bulk=not serving,
     )
 
 

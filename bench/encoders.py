@@ -62,7 +62,8 @@ def image_encoders(report: Report, images: list[bytes], batch_sizes, repeats: in
 
     rates = {b: b / np.median(repeat(lambda b=b: plain(b), 2)) for b in batch_sizes}
     batch = max(rates, key=rates.get)
-    encoder = ClipEncoder(model=MODEL, pretrained="none", image_batch_size=batch)
+    # batches of images are a batch job's work: its layout, as app.py -t index runs it (ServiceConfig.bulk)
+    encoder = ClipEncoder(model=MODEL, pretrained="none", image_batch_size=batch, image_layout="dense")
 
     def ours():  # the endpoint is a coroutine (it awaits the encoder's batcher)
         asyncio.run(encoder.index(DocList[ContentDoc]([ContentDoc(id=str(i), owner="b", modality="image", blob=b)

@@ -55,14 +55,30 @@ def test_cpu_layouts_compute_the_same_towers(layout):
         assert torch.allclose(b, a, atol=1e-5), (b - a).abs().max()
 
 
-def test_the_service_towers_take_the_packed_layout_on_cpu():
-    from crossmodal.model.cpu_layout import PackedLinear, fast_linear
+def test_the_service_towers_take_the_packed_layout_on_cpu_and_batch_jobs_the_dense_one():
+    from crossmodal.model.cpu_layout import InOutLinear, PackedLinear, fast_linear
     from crossmodal.model.towers import load_towers
 
     assert fast_linear() is PackedLinear  # this torch build has oneDNN: the layout benchmarked
     text, image = load_towers(resolve(TINY_MODEL, "none"), device="cpu")
     assert type(text.module.transformer.resblocks[0].mlp.c_fc) is PackedLinear
     assert type(image.module.transformer.resblocks[0].attn.out_proj) is PackedLinear
+    text, image = load_towers(resolve(TINY_MODEL, "none"), device="cpu", image_layout="dense")
+    assert type(text.module.transformer.resblocks[0].mlp.c_fc) is PackedLinear  # text stays packed
+    assert type(image.module.transformer.resblocks[0].attn.out_proj) is InOutLinear
+    with pytest.raises(ValueError, match="image_layout"):
+        load_towers(resolve(TINY_MODEL, "none"), device="cpu", image_layout="fast")
+
+
+def test_batch_jobs_run_the_dense_image_layout_and_the_served_flow_the_packed_one(tmp_path):
+    import app
+    from crossmodal.serve.flow import flow_env
+
+    spec = resolve(TINY_MODEL, "none")
+    layouts = {argv[1]: flow_env(app.service_config(app.parse_args([*argv, "--workspace", str(tmp_path)])), spec)
+               ["CROSSMODAL_IMAGE_LAYOUT"]
+               for argv in (["-t", "index"], ["-t", "eval"], ["-t", "query"], ["-t", "export", "--format", "k8s"])}
+    assert layouts == {"index": "dense", "eval": "dense", "query": "packed", "export": "packed"}
 
 
 def test_embeddings_are_unit_float32_and_towers_are_split(text_tower):

@@ -29,8 +29,8 @@ class ClipModel:
     on disk), the token table is read from a file as queries use its rows (``paging``)."""
 
     def __init__(self, spec: ModelSpec, device: str = "auto", precision: str = "fp32",
-                 mmap_dir: Optional[str] = None):
-        self.text, self.image = load_towers(spec, device, precision=precision)
+                 mmap_dir: Optional[str] = None, image_layout: str = "packed"):
+        self.text, self.image = load_towers(spec, device, precision=precision, image_layout=image_layout)
         if mmap_dir:
             try:
                 map_embedding_tables(self.text.module, mmap_dir)

@@ -6,11 +6,11 @@ repacks an ``nn.Linear`` weight at every product, which for so few rows costs as
 as the product itself; oneDNN's matmul reads a weight packed once, at load, in its
 blocked layout (``PackedLinear``; what ``torch.compile`` does to CPU linears). Measured
 here on ViT-B-32 (2 cores): a short query's text encode 24 -> 14 ms, one image 110 -> 81 ms,
-8 images unchanged, but 32 images ~10 % slower (2.35 s against MKL's 2.1 s): the service
-is tuned for what people do, post and search one thing at a time, and bulk indexing pays
-that. Without oneDNN, an ``(in, out)`` row-major weight (``InOutLinear``) still streams
-faster than ``(out, in)`` (30 -> 19 ms for a query). The maths is unchanged: outputs
-match to float32 rounding.
+8 images unchanged, but 32 images ~10 % slower (2.35 s against MKL's 2.1 s). So the image
+tower takes it where people post one thing at a time (the served Flow), and batch jobs
+(``app.py -t index``) keep MKL's layout: ``image_layout``. Without oneDNN, an ``(in, out)``
+row-major weight (``InOutLinear``) still streams faster than ``(out, in)`` (30 -> 19 ms
+for a query). The maths is unchanged: outputs match to float32 rounding.
 """
 from __future__ import annotations
 
@@ -94,10 +94,16 @@ class SelfAttention(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
-def fast_linear():
-    """The quickest exact layout this torch build offers."""
+IMAGE_LAYOUTS = ("packed", "dense")
+
+
+def fast_linear(layout: str = "packed"):
+    """``packed``: the quickest exact layout for a few rows that this torch build offers (one
+    query, one image). ``dense``: MKL's, quickest for batches of 16-32 images."""
+    if layout not in IMAGE_LAYOUTS:
+        raise ValueError(f"image_layout: must be one of {IMAGE_LAYOUTS}, got {layout!r}")
     packed = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    return PackedLinear if packed else InOutLinear
+    return PackedLinear if packed and layout == "packed" else InOutLinear
 
 
 def known_layout(transformer: nn.Module) -> bool:
@@ -129,7 +135,7 @@ def relayout_text_tower(model: nn.Module) -> nn.Module:
     return model
 
 
-def relayout_image_tower(visual: nn.Module) -> nn.Module:
+def relayout_image_tower(visual: nn.Module, layout: str = "packed") -> nn.Module:
     """A ViT's blocks (a ResNet or timm trunk has none of open_clip's: it stays as it is)."""
-    relayout(getattr(visual, "transformer", None))
+    relayout(getattr(visual, "transformer", None), fast_linear(layout))
     return visual

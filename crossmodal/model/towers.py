@@ -43,10 +43,10 @@ def create_model(spec: ModelSpec, device: torch.device, seed: int = 0):
     return model.eval(), preprocess
 
 
-def _image_tower(model, preprocess, spec: ModelSpec, device: torch.device) -> Tower:
+def _image_tower(model, preprocess, spec: ModelSpec, device: torch.device, layout: str = "packed") -> Tower:
     from crossmodal.model.cpu_layout import relayout_image_tower
 
-    visual = relayout_image_tower(model.visual) if device.type == "cpu" else model.visual
+    visual = relayout_image_tower(model.visual, layout) if device.type == "cpu" else model.visual
     return Tower(visual, preprocess, spec, device, embed_dim(spec))
 
 
@@ -79,14 +79,16 @@ def load_text_tower(spec: ModelSpec, device: str = "auto", seed: int = 0, precis
     return tower
 
 
-def load_towers(spec: ModelSpec, device: str = "auto", seed: int = 0, precision: str = "fp32") -> tuple[Tower, Tower]:
-    """(text, image) towers from one load of the model: one checkpoint read, one copy of each tower."""
+def load_towers(spec: ModelSpec, device: str = "auto", seed: int = 0, precision: str = "fp32",
+                image_layout: str = "packed") -> tuple[Tower, Tower]:
+    """(text, image) towers from one load of the model: one checkpoint read, one copy of each
+    tower. ``image_layout``: see ``cpu_layout.fast_linear`` (CPU only)."""
     from crossmodal.model.precision import check_precision
 
     check_precision(precision)
     dev = pick_device(device)
     model, preprocess = create_model(spec, dev, seed)
-    image = _image_tower(model, preprocess, spec, dev)
+    image = _image_tower(model, preprocess, spec, dev, image_layout)
     text = _text_tower(model, spec, dev, precision)
     release_freed_memory()
     return text, image

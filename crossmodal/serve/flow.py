@@ -64,6 +64,7 @@ def flow_env(cfg: ServiceConfig, spec: ModelSpec) -> dict[str, str]:
         "CROSSMODAL_EMBED_DIM": str(embed_dim(spec)),
         "CROSSMODAL_DEVICE": cfg.device,
         "CROSSMODAL_PRECISION": cfg.precision,
+        "CROSSMODAL_IMAGE_LAYOUT": "dense" if cfg.bulk else ENCODER.image_layout,
         "CROSSMODAL_INDEX_FACTORY": cfg.index_factory,
         "CROSSMODAL_SHARDS": str(cfg.shards),
         "CROSSMODAL_REPLICAS": str(cfg.replicas),

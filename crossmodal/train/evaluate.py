@@ -195,7 +195,7 @@ def evaluate(captions_csv: Path, images_dir: Path, model: Optional[str], pretrai
 
     def scored(truth) -> dict:
         with tempfile.TemporaryDirectory(prefix="crossmodal-eval-") as workspace:
-            cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
+            cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained, bulk=True,
                                 grpc_port=free_port(), http_port=free_port(), device=device,
                                 calibrate=False, request_log=False)
             return _scores(truth, *_run(truth, cfg, spec, k, batch_size), ks)

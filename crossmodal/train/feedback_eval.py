@@ -118,7 +118,7 @@ def evaluate_feedback(captions_csv: Path, images_dir: Path, model: Optional[str]
                                                         EVAL.short_query_seed, depth)
     spec = resolve(model, pretrained)
     with tempfile.TemporaryDirectory(prefix="crossmodal-feedback-") as workspace:
-        cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained,
+        cfg = ServiceConfig(workspace=Path(workspace), model=model, pretrained=pretrained, bulk=True,
                             grpc_port=free_port(), http_port=free_port(), device=device,
                             calibrate=False, request_log=False)
         with running_flow(cfg, spec) as client:

@@ -45,7 +45,8 @@ class ClipEncoder(Executor):
                  image_batch_size: int = ENCODER.image_batch_size, max_text_chars: int = LIMITS.max_text_chars,
                  max_bytes: int = LIMITS.max_image_bytes, max_pixels: int = LIMITS.max_image_pixels,
                  data_roots: Sequence[str] = (), thumbnail_size: int = ENCODER.thumbnail_size,
-                 decode_threads: int = ENCODER.decode_threads, mmap_dir: str = "", **kwargs):
+                 decode_threads: int = ENCODER.decode_threads, mmap_dir: str = "",
+                 image_layout: str = ENCODER.image_layout, **kwargs):
         super().__init__(**kwargs)
         self.worker = ThreadPoolExecutor(1)  # the model's thread (see the module's docstring)
         spec = resolve(model or None, pretrained or None)
@@ -53,7 +54,7 @@ class ClipEncoder(Executor):
         allow_model_libraries(unused=unused_libraries(spec, device))
         from crossmodal.model.clip import ClipModel  # torch and open_clip from here on
 
-        self.model = self.worker.submit(ClipModel, spec, device, precision, mmap_dir).result()
+        self.model = self.worker.submit(ClipModel, spec, device, precision, mmap_dir, image_layout).result()
         self.text_batch_size, self.image_batch_size = text_batch_size, image_batch_size
         self.text_limits = Limits(max_text_chars=max_text_chars)
         self.image_limits = ImageLimits(max_bytes, max_pixels, image_roots(data_roots))
