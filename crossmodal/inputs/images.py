@@ -75,8 +75,9 @@ def too_large(size: int, limits: ImageLimits, field: str = "blob") -> Optional[s
 def image_bytes(blob: Optional[bytes], uri: Optional[str], limits: ImageLimits) -> bytes:
     """The encoded image a document carries, from ``blob`` or ``uri``."""
     if blob:
-        if too_large(len(blob), limits):
-            raise ImageInputError(too_large(len(blob), limits))
+        refused = too_large(len(blob), limits)
+        if refused:
+            raise ImageInputError(refused)
         return bytes(blob)
     if not uri:
         raise ImageInputError("blob/uri: an image needs raw bytes (blob) or a uri")
