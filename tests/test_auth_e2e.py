@@ -78,6 +78,27 @@ def test_adduser_prints_a_token_once_and_refuses_a_duplicate(service):
     assert service["again"].returncode == 2 and "already exists" in service["again"].stderr
 
 
+def test_an_open_grpc_stream_stops_when_its_token_is_rotated(service):
+    """The token was checked once per gRPC call: a stream opened before -t newtoken went on
+    posting as its user for as long as the client kept it open."""
+    workspace = service["workspace"]
+    token = add_user(workspace, "fiona")
+
+    def posts():
+        yield ContentDoc(id="fiona-1", owner="fiona", modality="text", text="before")
+        rotated = run_app("-t", "newtoken", "fiona", "--workspace", str(workspace))
+        assert rotated.returncode == 0, rotated.stderr
+        for i in range(2, 5):
+            yield ContentDoc(id=f"fiona-{i}", owner="fiona", modality="text", text="after")
+
+    with pytest.raises(Exception, match="UNAUTHENTICATED"):
+        service["grpc"].post("/index", posts(), request_size=1, return_type=DocList[ContentDoc],
+                             metadata=(("authorization", f"Bearer {token}"),))
+    status, body = http(service, "/items", [{"id": f"fiona-{i}"} for i in range(1, 5)], "root")
+    assert status == 200 and [d["status"] for d in body["data"]][0] == "ok"
+    assert [d["status"] for d in body["data"]][1:] == ["not_found"] * 3  # sent after the rotation
+
+
 def request_for(endpoint):
     return {"/index": [{"id": "intruder", "owner": "alice", "modality": "text", "text": "x"}],
             "/search": [{"id": "q", "text": "red"}], "/delete": [{"id": "alice-text"}],

@@ -147,14 +147,18 @@ class GRPCAuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_GRPC_SERVICES):
             return handler
-        user = None
+        user, still = None, None
         if self.auth.enabled:
             metadata = {key: value for key, value in (details.invocation_metadata or ())}
-            user = await self.auth.user(bearer(metadata.get("authorization")))
+            token = bearer(metadata.get("authorization"))
+            user = await self.auth.user(token)
             if user is None:
                 return _rewrap(handler, _refusing)
+
+            async def still() -> bool:  # a stream's later requests: the token may have been revoked since
+                return await self.auth.user(token) == user
         return _rewrap(handler, lambda behaviour, streaming_in, streaming_out:
-                       _setting_user(behaviour, streaming_in, streaming_out, user))
+                       _setting_user(behaviour, streaming_in, streaming_out, user, still))
 
 
 def _rewrap(handler, wrap: Callable) -> grpc.RpcMethodHandler:
@@ -188,20 +192,27 @@ def _set_user(request, user: Optional[User]):
     return request
 
 
-def _setting_user(behaviour, streaming_in: bool, streaming_out: bool, user: Optional[User]):
-    async def requests(iterator):
+def _setting_user(behaviour, streaming_in: bool, streaming_out: bool, user: Optional[User],
+                  still: Optional[Callable] = None):
+    """``still``: whether the call's token still holds, asked before each later request of a
+    stream (a client may keep one stream open for hours: a rotated token must stop it too)."""
+    async def requests(iterator, context):
+        first = True
         async for request in iterator:
+            if not first and still is not None and not await still():
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
+            first = False
             yield _set_user(request, user)
 
-    def arg(request):
-        return requests(request) if streaming_in else _set_user(request, user)
+    def arg(request, context):
+        return requests(request, context) if streaming_in else _set_user(request, user)
 
     if streaming_out:
         async def stream_out(request, context):
-            async for response in behaviour(arg(request), context):
+            async for response in behaviour(arg(request, context), context):
                 yield response
         return stream_out
 
     async def unary_out(request, context):
-        return await behaviour(arg(request), context)
+        return await behaviour(arg(request, context), context)
     return unary_out
