@@ -36,6 +36,7 @@ from crossmodal.serve.flow import free_port  # noqa: E402
 
 DEFAULTS = ServiceConfig()
 DEMO_DATA = Path(__file__).resolve().parent / "data" / "demo"
+SHOWN_FAILURES = 20  # -t index lists this many failed files, then counts the rest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,14 +130,35 @@ def auth_wanted(args: argparse.Namespace) -> bool:
 USER_TASKS = {"adduser": "alice [--admin]", "newtoken": "alice", "deluser": "alice"}
 
 
+def user_task_refusal(args: argparse.Namespace) -> str | None:
+    """Why a user task cannot run as asked, before anything is created."""
+    from crossmodal.index.store import DB_NAME
+
+    if not args.name:
+        return f"-t {args.task} needs a NAME: python app.py -t {args.task} {USER_TASKS[args.task]} --workspace DIR"
+    if args.admin and args.task != "adduser":
+        return f"--admin applies to -t adduser only: -t {args.task} keeps the user's role"
+    if args.task != "adduser" and not (Path(args.workspace) / DB_NAME).is_file():
+        return f"--workspace: no workspace at {args.workspace} (no {DB_NAME} there)"
+    return None
+
+
 def run_user_task(args: argparse.Namespace) -> int:
     """adduser / newtoken / deluser. Runs without the model stack (main calls it before
     importing torch): it takes a second, and a running service sees the change at once."""
+    import sqlite3
+
     from crossmodal.index.users import UserError, Users
 
-    if not args.name:
-        sys.exit(f"-t {args.task} needs a NAME: python app.py -t {args.task} {USER_TASKS[args.task]} --workspace DIR")
-    users = Users(args.workspace)
+    refusal = user_task_refusal(args)
+    try:
+        if refusal:
+            raise UserError(refusal)
+        users = Users(args.workspace)
+    except (UserError, OSError, sqlite3.Error) as err:
+        detail = f"--workspace: cannot use {args.workspace}: {err.strerror or err}" if isinstance(err, OSError) else err
+        print(f"error: {detail}", file=sys.stderr)
+        return 2
     try:
         if args.task == "deluser":
             users.remove(args.name)
@@ -186,7 +208,8 @@ def users_check(cfg: ServiceConfig) -> None:
 def run_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from crossmodal.inputs.loaders import discover, unsendable
+    from crossmodal.inputs.images import IMAGE_SUFFIXES
+    from crossmodal.inputs.loaders import discover, read_docs, unsendable
     from crossmodal.serve.flow import running_flow
     from crossmodal.serve.posting import post_all
 
@@ -194,12 +217,22 @@ def run_index(args: argparse.Namespace) -> int:
         args.data = DEMO_DATA
         print(f"no --data given: indexing the shipped demo data in {DEMO_DATA}", flush=True)
     sources = discover(args.data, args.owner)
+    if not sources:
+        print(f"error: nothing to index in {args.data}: no images ({', '.join(IMAGE_SUFFIXES)}), "
+              "caption table or text file", file=sys.stderr)
+        return 1
     failures = [(source.id, reason) for source, reason in unsendable(sources)]  # never read nor sent
     counts = Counter(error=len(failures))
     refused = {doc_id for doc_id, _ in failures}
     with running_flow(service_config(args)) as client, tqdm(total=len(sources), unit="doc", desc="indexing") as bar:
         start = time.time()
         bar.update(len(failures))
+
+        def failed(source, reason: str) -> None:
+            failures.append((source.id, reason))
+            counts["error"] += 1
+            bar.update(1)
+
         def done(response) -> None:
             for doc in response.docs:
                 counts[doc.status or "error"] += 1
@@ -207,11 +240,13 @@ def run_index(args: argparse.Namespace) -> int:
                     failures.append((doc.id, doc.error))
             bar.update(len(response.docs))
 
-        docs = (source.to_doc() for source in sources if source.id not in refused)
+        docs = read_docs((source for source in sources if source.id not in refused), failed)
         post_all(client, "/index", docs, done, max_docs=args.batch_size)
         seconds = time.time() - start
-    for doc_id, error in failures[:20]:
+    for doc_id, error in failures[:SHOWN_FAILURES]:
         print(f"  failed {doc_id}: {error}", file=sys.stderr)
+    if len(failures) > SHOWN_FAILURES:
+        print(f"  ... and {len(failures) - SHOWN_FAILURES} more failed", file=sys.stderr)
     print(f"indexed {counts['indexed']}, updated {counts['updated']}, failed {counts['error']} "
           f"in {seconds:.1f}s ({len(sources) / max(seconds, 1e-9):.1f} docs/s) into {args.workspace}")
     return 1 if counts["error"] and not (counts["indexed"] or counts["updated"]) else 0

@@ -67,6 +67,37 @@ def test_a_rotated_token_replaces_the_old_one_and_a_removed_user_has_none(tmp_pa
     assert users.add("root") != new  # the name is free again, with a token of its own
 
 
+def test_names_are_ascii_and_unique_whatever_their_case(tmp_path):
+    """Names are shown as owners: a Cyrillic 'а' or another case would pass for someone else."""
+    users = Users(tmp_path)
+    users.add("alice")
+    for lookalike in ("ALICE", "Alice"):
+        with pytest.raises(UserError, match="'alice' already exists .* differ in case only"):
+            users.add(lookalike)
+    for foreign in ("\u0430lice", "\uff41lice", "caf\u00e9"):
+        with pytest.raises(UserError, match="ASCII letters"):
+            users.add(foreign)
+    assert users.count() == 1
+
+
+def test_user_tasks_refuse_before_creating_anything(tmp_path, capsys):
+    import app
+
+    missing = tmp_path / "typo"
+    assert app.main(["-t", "deluser", "bob", "--workspace", str(missing)]) == 2
+    assert app.main(["-t", "newtoken", "bob", "--workspace", str(missing)]) == 2
+    assert not missing.exists()  # a mistyped --workspace is not created by a failed command
+    assert app.main(["-t", "adduser", "--workspace", str(tmp_path)]) == 2
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    assert app.main(["-t", "adduser", "bob", "--workspace", str(file)]) == 2
+    assert app.main(["-t", "adduser", "bob", "--workspace", str(tmp_path)]) == 0
+    assert app.main(["-t", "newtoken", "bob", "--admin", "--workspace", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--workspace: no workspace at") == 2 and "needs a NAME" in err
+    assert f"--workspace: cannot use {file}" in err and "--admin applies to -t adduser only" in err
+
+
 def test_gateway_reads_read_only_and_sees_users_added_later(tmp_path):
     Users(tmp_path).close()
     reader = Users(tmp_path, read_only=True)

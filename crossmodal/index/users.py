@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS users (
 """
 KEY_ENV = "CROSSMODAL_AUTH_KEY"  # drawn by crossmodal/serve/flow.py at every start
 _TOKEN = re.compile(r"cm_([0-9a-f]{16})\.([A-Za-z0-9_-]{16,256})")
-_NAME = re.compile(r"[\w.@+-]+")
+# ASCII only: names are shown as owners, and Unicode lookalikes ("аlice" with a Cyrillic a)
+# would pass for someone else; names differing only in case are refused too (``add``)
+_NAME = re.compile(r"[A-Za-z0-9_.@+-]+")
 
 
 class UserError(ValueError):
@@ -50,7 +52,7 @@ class User:
 
 def check_name(name: str, settings: AuthSettings = AUTH) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > settings.max_name_chars:
-        raise UserError(f"user name: letters, digits and . _ @ + - only, 1..{settings.max_name_chars} "
+        raise UserError(f"user name: ASCII letters, digits and . _ @ + - only, 1..{settings.max_name_chars} "
                         f"characters, got {name!r}")
     return name
 
@@ -100,12 +102,13 @@ class Users:
         """Create a user; returns the token, which is not stored and cannot be shown again."""
         check_name(name, self.settings)
         token, (token_id, salt, hashed) = self._new_token()
-        try:
-            with self._lock:
-                self._db.execute("INSERT INTO users VALUES (?,?,?,?,?,?)",
-                                 (name, int(admin), token_id, salt, hashed, time.time()))
-        except sqlite3.IntegrityError:
-            raise UserError(f"user {name!r} already exists in {self.path}") from None
+        with self._lock:
+            taken = self._db.execute("SELECT name FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+            if taken:
+                raise UserError(f"user {taken[0]!r} already exists in {self.path}"
+                                + (f" (names differ in case only: {name!r})" if taken[0] != name else ""))
+            self._db.execute("INSERT INTO users VALUES (?,?,?,?,?,?)",
+                             (name, int(admin), token_id, salt, hashed, time.time()))
         return token
 
     def rotate(self, name: str) -> str:

@@ -6,13 +6,14 @@ send time, so a large photo folder never sits in memory.
 """
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.inputs.captions import caption_rows, header, is_caption_table, table_rows
-from crossmodal.inputs.images import IMAGE_SUFFIXES, ImageLimits, list_images, too_large
+from crossmodal.inputs.images import IMAGE_SUFFIXES, ImageLimits, too_large
 
 TEXT_HEADER = ("text",)
 
@@ -34,18 +35,38 @@ class Source:
                           blob=blob, tags=self.tags)
 
 
+def _unreadable(path: Path, err: OSError) -> str:
+    return f"file: {path}: {err.strerror or err}"
+
+
 def unsendable(sources: Iterable[Source], limits: ImageLimits = ImageLimits()) -> Iterator[tuple[Source, str]]:
-    """Image sources that cannot be read, or that the server would refuse for their size,
-    with the reason: a client need not read (nor send) them, and their siblings still go."""
+    """Image sources that are missing, not regular files (a FIFO would block the reader),
+    empty, or that the server would refuse for their size, with the reason: a client need
+    not read (nor send) them, and their siblings still go."""
     for source in sources:
         if source.path is None:
             continue
         try:
-            reason = too_large(source.path.stat().st_size, limits)
+            found = source.path.stat()
         except OSError as err:
-            reason = f"path: {source.path}: {err.strerror or err}"
-        if reason:
-            yield source, reason
+            yield source, _unreadable(source.path, err)
+            continue
+        if not stat.S_ISREG(found.st_mode):
+            yield source, f"file: {source.path} is not a regular file"
+        elif not found.st_size:
+            yield source, f"file: {source.path} is empty"
+        elif too_large(found.st_size, limits, field="file"):
+            yield source, too_large(found.st_size, limits, field="file")
+
+
+def read_docs(sources: Iterable[Source], failed: Callable[[Source, str], None]) -> Iterator[ContentDoc]:
+    """The sources' documents, read one by one; one that cannot be read (permissions, an I/O
+    error) goes to ``failed`` with the reason instead of ending the whole run."""
+    for source in sources:
+        try:
+            yield source.to_doc()
+        except OSError as err:
+            failed(source, _unreadable(source.path, err))
 
 
 def captions(table: Path, default_owner: str) -> Iterator[Source]:
@@ -76,6 +97,12 @@ def texts(path: Path, default_owner: str) -> Iterator[Source]:
                 yield Source(f"{path.name}:{number}", default_owner, "text", text=line.strip())
 
 
+def _image_entries(folder: Path) -> list[Path]:
+    """Every entry with an image suffix under ``folder`` but folders: broken links and other
+    non-regular files too, so that they are reported (``unsendable``), not silently skipped."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+
+
 def discover(data: Path, default_owner: str = "demo") -> list[Source]:
     """Everything indexable under ``data`` (a folder, a caption table or a text file)."""
     data = Path(data)
@@ -90,7 +117,7 @@ def discover(data: Path, default_owner: str = "demo") -> list[Source]:
     for table in tables:
         for source in (captions(table, default_owner) if is_caption_table(table) else texts(table, default_owner)):
             found[source.id] = source
-    for path in list_images(data):  # photos no caption table mentions
+    for path in _image_entries(data):  # photos no caption table mentions
         image_id = path.relative_to(data).as_posix()
         found.setdefault(image_id, Source(image_id, default_owner, "image", path=path))
     return list(found.values())
