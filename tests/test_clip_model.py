@@ -55,6 +55,7 @@ def test_retrained_weights_under_the_same_name_are_another_model(tmp_path):
 
 
 def test_cli_reports_missing_weights_as_one_clear_line(tmp_path):
+    (tmp_path / "posts.txt").write_text("something to index\n")  # an empty folder is refused before the model
     done = run_app("-t", "index", "--data", str(tmp_path), "--workspace", str(tmp_path / "ws"),
                    "--model", "ViT-B-32", "--pretrained", "openai", timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]

@@ -195,6 +195,13 @@ def test_per_request_endpoints_are_never_cut_into_chunks(server):
     assert status == 200 and len(body["data"]) == 1 and body["data"][0]["tags"]["total"] >= 3
 
 
+def test_delete_names_an_empty_id_instead_of_answering_not_found(server):
+    status, body = http_post(server.http_port, "/delete", [{"id": ""}, {"id": "never-indexed"}])
+    assert status == 200, body
+    assert [(d["status"], (d.get("error") or "")[:12]) for d in body["data"]] == [
+        ("error", "id: required"), ("not_found", "")]
+
+
 def test_a_listed_document_is_never_read_as_a_pair_of_its_keys(server):
     """pydantic read a one-item list that failed validation as ONE document built from pairs:
     ``[{"id": "t7", "status": []}]`` became ``{"id": "status"}`` and /delete removed "status"."""

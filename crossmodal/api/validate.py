@@ -118,14 +118,18 @@ def embedding_error(embedding: Any, dim: int, limits: Limits = LIMITS) -> Option
     return None
 
 
+def id_error(doc: ContentDoc, limits: Limits = LIMITS) -> Optional[str]:
+    if not doc.id or not isinstance(doc.id, str) or len(doc.id) > limits.max_id_chars:
+        return f"id: required, a non-empty string of at most {limits.max_id_chars} characters"
+    return None
+
+
 def content_error(doc: ContentDoc, limits: Limits = LIMITS, encoded: bool = False) -> Optional[str]:
     """Why a document cannot be indexed, or None when it can.
 
     ``encoded``: the image bytes were already consumed by the encoder upstream.
     """
-    if not doc.id or not isinstance(doc.id, str) or len(doc.id) > limits.max_id_chars:
-        return f"id: required, a non-empty string of at most {limits.max_id_chars} characters"
-    error = strings_error(doc, limits)
+    error = id_error(doc, limits) or strings_error(doc, limits)
     if error:
         return error
     if not doc.owner or not doc.owner.strip():

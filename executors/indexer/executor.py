@@ -14,7 +14,7 @@ from jina import Executor, requests
 from crossmodal.api import convert, identity, merge
 from crossmodal.api.params import parse_recommend_params, parse_refine_params, parse_search_params
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.api.validate import client_params, content_error, embedding_error, mark_error, posted_at
+from crossmodal.api.validate import client_params, content_error, embedding_error, id_error, mark_error, posted_at
 from crossmodal.feedback.search import Marks, gather_marks, refine
 from crossmodal.index.content import ContentIndex, IndexConfig
 from crossmodal.index.shards import check_shard, shard_dir, shard_of
@@ -194,7 +194,12 @@ class CrossmodalIndexer(Executor):
     @requests(on="/delete")
     def delete(self, docs: DocList[ContentDoc], **kwargs) -> DocList[ContentDoc]:
         mine = self._mine(docs)
-        docs_allowed = identity.deletable(mine, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
+        for doc in mine:
+            error = id_error(doc)  # "" would answer not_found, as if it had been looked up
+            if error:
+                mark_error(doc, error)
+        named = DocList[ContentDoc]([doc for doc in mine if doc.status != "error"])
+        docs_allowed = identity.deletable(named, kwargs.get("parameters") or {}, self.auth, self.index.store.owners)
         for doc, status in zip(docs_allowed, self.index.delete([d.id for d in docs_allowed])):
             doc.status = status
         self.metrics.sizes(self.index.store.count)
