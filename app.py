@@ -209,24 +209,24 @@ def run_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from crossmodal.inputs.images import IMAGE_SUFFIXES
-    from crossmodal.inputs.loaders import discover, read_docs, unsendable
+    from crossmodal.inputs.loaders import discover, read_docs
     from crossmodal.serve.flow import running_flow
     from crossmodal.serve.posting import post_all
 
     if args.data is None:
         args.data = DEMO_DATA
         print(f"no --data given: indexing the shipped demo data in {DEMO_DATA}", flush=True)
-    sources = discover(args.data, args.owner)
+    failures: list[tuple[str, str]] = []  # (id, reason): tables that could not be read, then documents
+    sources = discover(args.data, args.owner, failed=lambda name, reason: failures.append((name, reason)))
     if not sources:
         print(f"error: nothing to index in {args.data}: no images ({', '.join(IMAGE_SUFFIXES)}), "
               "caption table or text file", file=sys.stderr)
+        for name, reason in failures:
+            print(f"  failed {name}: {reason}", file=sys.stderr)
         return 1
-    failures = [(source.id, reason) for source, reason in unsendable(sources)]  # never read nor sent
     counts = Counter(error=len(failures))
-    refused = {doc_id for doc_id, _ in failures}
     with running_flow(service_config(args)) as client, tqdm(total=len(sources), unit="doc", desc="indexing") as bar:
         start = time.time()
-        bar.update(len(failures))
 
         def failed(source, reason: str) -> None:
             failures.append((source.id, reason))
@@ -240,7 +240,7 @@ def run_index(args: argparse.Namespace) -> int:
                     failures.append((doc.id, doc.error))
             bar.update(len(response.docs))
 
-        docs = read_docs((source for source in sources if source.id not in refused), failed)
+        docs = read_docs(sources, failed)
         post_all(client, "/index", docs, done, max_docs=args.batch_size)
         seconds = time.time() - start
     for doc_id, error in failures[:SHOWN_FAILURES]:

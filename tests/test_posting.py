@@ -9,7 +9,7 @@ from PIL import Image
 
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.inputs.images import ImageLimits
-from crossmodal.inputs.loaders import Source, read_docs, unsendable
+from crossmodal.inputs.loaders import Source, discover, read_docs
 from crossmodal.serve.posting import request_batches
 from crossmodal.settings import LIMITS
 from tests.harness import TINY_MODEL, run_app
@@ -36,7 +36,7 @@ def test_text_counts_in_utf8_bytes_and_an_oversized_document_travels_alone():
         list(request_batches(docs, max_docs=0))
 
 
-def test_unsendable_names_missing_empty_oversized_and_irregular_files_only(tmp_path):
+def test_unsendable_files_fail_alone_with_their_reason_and_unread(tmp_path):
     small, large, empty, fifo = (tmp_path / n for n in ("small.png", "large.jpg", "empty.png", "pipe.png"))
     small.write_bytes(b"x" * 10)
     large.write_bytes(b"x" * 11)
@@ -45,21 +45,50 @@ def test_unsendable_names_missing_empty_oversized_and_irregular_files_only(tmp_p
     (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     sources = [Source("t", "me", "text", text="hi"), *(Source(p.stem, "me", "image", path=p) for p in
                (small, large, empty, fifo, tmp_path / "dangling.png", tmp_path))]
-    found = {source.id: reason for source, reason in unsendable(sources, ImageLimits(max_bytes=10))}
-    assert found == {"large": "file: 11 bytes exceeds max_bytes=10", "empty": f"file: {empty} is empty",
-                     "pipe": f"file: {fifo} is not a regular file",
-                     "dangling": f"file: {tmp_path / 'dangling.png'}: No such file or directory",
-                     tmp_path.stem: f"file: {tmp_path} is not a regular file"}
+    failed = {}
+    docs = list(read_docs(sources, lambda source, reason: failed.update({source.id: reason}), ImageLimits(max_bytes=10)))
+    assert [(d.id, d.blob) for d in docs] == [("t", None), ("small", b"x" * 10)]
+    assert failed == {"large": f"file: {large}: 11 bytes exceeds max_image_bytes=10",
+                      "empty": f"file: {empty} is empty", "pipe": f"file: {fifo} is not a regular file",
+                      "dangling": f"file: {tmp_path / 'dangling.png'}: No such file or directory",
+                      tmp_path.stem: f"file: {tmp_path} is not a regular file"}
 
 
-def test_a_file_that_fails_to_read_is_reported_and_its_siblings_still_come(tmp_path):
-    good = tmp_path / "good.png"
-    good.write_bytes(b"x")
-    sources = [Source("odd", "me", "image", path=tmp_path), Source("good", "me", "image", path=good)]
-    failed = []
-    docs = list(read_docs(sources, lambda source, reason: failed.append((source.id, reason))))
-    assert [d.id for d in docs] == ["good"] and docs[0].blob == b"x"
-    assert failed == [("odd", f"file: {tmp_path}: Is a directory")]
+def test_a_file_is_checked_as_it_is_read_not_as_it_was_listed(tmp_path):
+    """A file replaced by a FIFO after the folder was listed hung the run; one that grew past
+    the limit overflowed a request."""
+    grows, swapped = tmp_path / "grows.png", tmp_path / "swapped.png"
+    grows.write_bytes(b"x")
+    swapped.write_bytes(b"x")
+    sources = [Source("grows", "me", "image", path=grows), Source("swapped", "me", "image", path=swapped)]
+    grows.write_bytes(b"x" * 11)
+    swapped.unlink()
+    os.mkfifo(swapped)
+    failed = {}
+    assert not list(read_docs(sources, lambda source, reason: failed.update({source.id: reason}),
+                              ImageLimits(max_bytes=10)))
+    assert failed == {"grows": f"file: {grows}: 11 bytes exceeds max_image_bytes=10",
+                      "swapped": f"file: {swapped} is not a regular file"}
+
+
+def test_a_folder_keeps_going_past_a_table_it_cannot_read(tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"x")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (tmp_path / "bad.csv").write_text("image,caption\nphoto.png,\n")  # a row without caption
+    (tmp_path / "bom.csv").write_bytes("\ufeffimage,caption\nphoto.png,a red circle\n".encode())
+    (tmp_path / "long.csv").write_text("text\n" + "x" * 200_000 + "\n")  # over csv's 128 kB field limit
+    failed = {}
+    sources = discover(tmp_path, "me", failed=lambda name, reason: failed.update({name: reason}))
+    assert {s.id: (s.modality, s.tags) for s in sources if s.modality == "image"} == {
+        "photo.png": ("image", {"caption": "a red circle"})}  # the BOM'd header was read as a header
+    assert any(s.id == "long.csv:2" and len(s.text) == 200_000 for s in sources)
+    assert set(failed) == {"latin1.txt", "bad.csv"}
+    assert "utf-8" in failed["latin1.txt"] and "'caption' are required" in failed["bad.csv"]
+    with pytest.raises(ValueError, match="'caption' are required"):
+        discover(tmp_path / "bad.csv", "me")  # the table itself: its error is the answer
+    os.mkfifo(tmp_path / "fifo.csv")
+    with pytest.raises(ValueError, match="neither a folder nor a regular file"):
+        discover(tmp_path / "fifo.csv", "me")
 
 
 def noise_png(pixels: int, seed: int) -> bytes:
@@ -91,7 +120,8 @@ def test_index_sends_a_folder_larger_than_one_message_and_reports_unsendable_fil
     # indexed: the four photos and both captions; failed: big, ghost, pipe, dangling, 20 empty files
     assert "indexed 6, updated 0, failed 24" in run.stdout, run.stdout[-2000:]
     lines = run.stderr.splitlines()
-    assert f"  failed big.jpg: file: {LIMITS.max_image_bytes + 1} bytes exceeds max_bytes=20971520" in lines
+    assert f"  failed big.jpg: file: {data / 'big.jpg'}: {LIMITS.max_image_bytes + 1} bytes exceeds max_image_bytes=" \
+           f"{LIMITS.max_image_bytes}" in lines
     assert f"  failed ghost.png: file: {data / 'ghost.png'}: No such file or directory" in lines
     assert f"  failed pipe.png: file: {data / 'pipe.png'} is not a regular file" in lines
     assert f"  failed dangling.png: file: {data / 'dangling.png'}: No such file or directory" in lines

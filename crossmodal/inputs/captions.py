@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 CAPTION_HEADER = ("image", "caption")
+ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark spreadsheet exports begin with
+# a caption longer than csv's 128 kB default must reach the server's own, clearer text limit
+csv.field_size_limit(64 * 2**20)
 
 
 @dataclass(frozen=True)
@@ -22,14 +25,14 @@ class CaptionRow:
 
 
 def header(path: Path) -> tuple[str, ...]:
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding=ENCODING) as f:
         first = f.readline()
     return tuple(h.strip().lower() for h in next(csv.reader([first]), []))
 
 
 def table_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, row) with lower-cased keys and stripped values."""
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding=ENCODING) as f:
         for number, row in enumerate(csv.DictReader(f), start=2):
             yield number, {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
 

@@ -67,17 +67,11 @@ def _from_path(uri: str, limits: ImageLimits) -> bytes:
     return Path(path).read_bytes()
 
 
-def too_large(size: int, limits: ImageLimits, field: str = "blob") -> Optional[str]:
-    """Why an image of ``size`` bytes is refused, or None when it is not."""
-    return f"{field}: {size} bytes exceeds max_bytes={limits.max_bytes}" if size > limits.max_bytes else None
-
-
 def image_bytes(blob: Optional[bytes], uri: Optional[str], limits: ImageLimits) -> bytes:
     """The encoded image a document carries, from ``blob`` or ``uri``."""
     if blob:
-        refused = too_large(len(blob), limits)
-        if refused:
-            raise ImageInputError(refused)
+        if len(blob) > limits.max_bytes:
+            raise ImageInputError(f"blob: {len(blob)} bytes exceeds max_bytes={limits.max_bytes}")
         return bytes(blob)
     if not uri:
         raise ImageInputError("blob/uri: an image needs raw bytes (blob) or a uri")

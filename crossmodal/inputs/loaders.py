@@ -6,14 +6,16 @@ send time, so a large photo folder never sits in memory.
 """
 from __future__ import annotations
 
+import csv
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.inputs.captions import caption_rows, header, is_caption_table, table_rows
-from crossmodal.inputs.images import IMAGE_SUFFIXES, ImageLimits, too_large
+from crossmodal.inputs.captions import ENCODING, caption_rows, header, is_caption_table, table_rows
+from crossmodal.inputs.images import IMAGE_SUFFIXES, ImageLimits
 
 TEXT_HEADER = ("text",)
 
@@ -29,44 +31,56 @@ class Source:
     path: Optional[Path] = None
     tags: Optional[dict] = None
 
-    def to_doc(self) -> ContentDoc:
-        blob = self.path.read_bytes() if self.path else None
+    def to_doc(self, limits: Optional[ImageLimits] = None) -> ContentDoc:
+        blob = read_image_file(self.path, limits or ImageLimits()) if self.path else None
         return ContentDoc(id=self.id, owner=self.owner, modality=self.modality, text=self.text,
                           blob=blob, tags=self.tags)
+
+
+class UnreadableFile(ValueError):
+    """An image file that is not sent: the message says why."""
+
+
+def read_image_file(path: Path, limits: ImageLimits) -> bytes:
+    """The file's bytes, checked on the file actually opened: it may have changed since it
+    was listed (a FIFO would block the reader forever, a grown file overflow a request)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise UnreadableFile(_unreadable(path, err)) from None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise UnreadableFile(f"file: {path} is not a regular file")
+        if found.st_size > limits.max_bytes:  # refused unread; a file still growing is caught below
+            raise UnreadableFile(f"file: {path}: {found.st_size} bytes exceeds max_image_bytes={limits.max_bytes}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limits.max_bytes + 1)
+    except OSError as err:
+        raise UnreadableFile(_unreadable(path, err)) from None
+    finally:
+        os.close(fd)
+    if not data:
+        raise UnreadableFile(f"file: {path} is empty")
+    if len(data) > limits.max_bytes:
+        raise UnreadableFile(f"file: {path}: {len(data)} bytes or more exceeds max_image_bytes={limits.max_bytes}")
+    return data
 
 
 def _unreadable(path: Path, err: OSError) -> str:
     return f"file: {path}: {err.strerror or err}"
 
 
-def unsendable(sources: Iterable[Source], limits: ImageLimits = ImageLimits()) -> Iterator[tuple[Source, str]]:
-    """Image sources that are missing, not regular files (a FIFO would block the reader),
-    empty, or that the server would refuse for their size, with the reason: a client need
-    not read (nor send) them, and their siblings still go."""
-    for source in sources:
-        if source.path is None:
-            continue
-        try:
-            found = source.path.stat()
-        except OSError as err:
-            yield source, _unreadable(source.path, err)
-            continue
-        if not stat.S_ISREG(found.st_mode):
-            yield source, f"file: {source.path} is not a regular file"
-        elif not found.st_size:
-            yield source, f"file: {source.path} is empty"
-        elif too_large(found.st_size, limits, field="file"):
-            yield source, too_large(found.st_size, limits, field="file")
-
-
-def read_docs(sources: Iterable[Source], failed: Callable[[Source, str], None]) -> Iterator[ContentDoc]:
-    """The sources' documents, read one by one; one that cannot be read (permissions, an I/O
-    error) goes to ``failed`` with the reason instead of ending the whole run."""
+def read_docs(sources: Iterable[Source], failed: Callable[[Source, str], None],
+              limits: ImageLimits = ImageLimits()) -> Iterator[ContentDoc]:
+    """The sources' documents, read one by one; an image file that is missing, not a regular
+    file, empty, too large or unreadable goes to ``failed`` with the reason, unsent, instead
+    of ending (or hanging) the whole run."""
     for source in sources:
         try:
-            yield source.to_doc()
-        except OSError as err:
-            failed(source, _unreadable(source.path, err))
+            yield source.to_doc(limits)
+        except UnreadableFile as err:
+            failed(source, str(err))
 
 
 def captions(table: Path, default_owner: str) -> Iterator[Source]:
@@ -91,7 +105,7 @@ def texts(path: Path, default_owner: str) -> Iterator[Source]:
             if row.get("text"):
                 yield Source(f"{path.name}:{number}", row.get("owner") or default_owner, "text", text=row["text"])
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=ENCODING) as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 yield Source(f"{path.name}:{number}", default_owner, "text", text=line.strip())
@@ -99,24 +113,43 @@ def texts(path: Path, default_owner: str) -> Iterator[Source]:
 
 def _image_entries(folder: Path) -> list[Path]:
     """Every entry with an image suffix under ``folder`` but folders: broken links and other
-    non-regular files too, so that they are reported (``unsendable``), not silently skipped."""
+    non-regular files too, so that they are reported (``read_docs``), not silently skipped."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
 
 
-def discover(data: Path, default_owner: str = "demo") -> list[Source]:
-    """Everything indexable under ``data`` (a folder, a caption table or a text file)."""
+def _table(path: Path, default_owner: str) -> list[Source]:
+    return list(captions(path, default_owner) if is_caption_table(path) else texts(path, default_owner))
+
+
+TABLE_ERRORS = (ValueError, OSError, csv.Error)  # UnicodeDecodeError is a ValueError
+
+
+def discover(data: Path, default_owner: str = "demo",
+             failed: Optional[Callable[[str, str], None]] = None) -> list[Source]:
+    """Everything indexable under ``data`` (a folder, a caption table or a text file).
+
+    In a folder, a table that cannot be read (its encoding, a row without caption) goes to
+    ``failed`` (its name, the reason) and the rest of the folder is still found; without
+    ``failed``, or when ``data`` is the table itself, the error is raised.
+    """
     data = Path(data)
     if not data.exists():
         raise FileNotFoundError(f"--data: {data} does not exist")
+    if not data.is_dir() and not data.is_file():
+        raise ValueError(f"--data: {data} is neither a folder nor a regular file")
     if data.is_file():
         if data.suffix.lower() in IMAGE_SUFFIXES:
             return [Source(data.name, default_owner, "image", path=data)]
-        return list(captions(data, default_owner) if is_caption_table(data) else texts(data, default_owner))
+        return _table(data, default_owner)
     tables = [p for p in sorted(data.iterdir()) if p.is_file() and p.suffix.lower() in (".csv", ".txt")]
     found = {}
     for table in tables:
-        for source in (captions(table, default_owner) if is_caption_table(table) else texts(table, default_owner)):
-            found[source.id] = source
+        try:
+            found.update((source.id, source) for source in _table(table, default_owner))
+        except TABLE_ERRORS as err:
+            if failed is None:
+                raise
+            failed(table.name, f"file: {table}: {err}")
     for path in _image_entries(data):  # photos no caption table mentions
         image_id = path.relative_to(data).as_posix()
         found.setdefault(image_id, Source(image_id, default_owner, "image", path=path))

@@ -169,14 +169,21 @@ def _rewrap(handler, wrap: Callable) -> grpc.RpcMethodHandler:
     return handler._replace(**{kind: wrap(behaviour, handler.request_streaming, handler.response_streaming)})
 
 
+async def _refuse_stream(requests, context) -> None:
+    """A client still sending would see a failed send (INTERNAL), not UNAUTHENTICATED: read
+    what it sends (up to ``max_refused_messages``) before refusing."""
+    received = 0
+    async for _ in requests:
+        received += 1
+        if received >= AUTH.max_refused_messages:
+            break
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
+
+
 def _refusing(behaviour, streaming_in: bool, streaming_out: bool):
     async def refuse(request, context):
-        if streaming_in:  # a client still sending would see a failed send (INTERNAL), not this status
-            received = 0
-            async for _ in request:
-                received += 1
-                if received >= AUTH.max_refused_messages:
-                    break
+        if streaming_in:
+            await _refuse_stream(request, context)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
 
     async def refuse_stream(request, context):  # the shape a response-streaming method has
@@ -200,7 +207,7 @@ def _setting_user(behaviour, streaming_in: bool, streaming_out: bool, user: Opti
         first = True
         async for request in iterator:
             if not first and still is not None and not await still():
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSED)
+                await _refuse_stream(iterator, context)
             first = False
             yield _set_user(request, user)
 
