@@ -190,7 +190,7 @@ def test_per_request_endpoints_are_never_cut_into_chunks(server):
     and /recommend refused 70 documents as "got 64"."""
     many = [{"id": f"r{i}"} for i in range(LIMITS.chunk_docs + 6)]
     status, body = http_post(server.http_port, "/recommend", many, {"username": "alice"})
-    assert status == 422 and f"got {len(many)}" in body["detail"], body
+    assert status == 422 and f"got {len(many)}" in body["detail"] and body["field"] == "data", body
     status, body = http_post(server.http_port, "/stats", many)
     assert status == 200 and len(body["data"]) == 1 and body["data"][0]["tags"]["total"] >= 3
 

@@ -74,10 +74,13 @@ def test_names_are_ascii_and_unique_whatever_their_case(tmp_path):
     for lookalike in ("ALICE", "Alice"):
         with pytest.raises(UserError, match="'alice' already exists .* differ in case only"):
             users.add(lookalike)
-    for foreign in ("\u0430lice", "\uff41lice", "caf\u00e9"):
+    for foreign in ("\u0430lice", "\uff41lice", "caf\u00e9", "-", "..", ".hidden"):
         with pytest.raises(UserError, match="ASCII letters"):
             users.add(foreign)
     assert users.count() == 1
+    for change in (users.rotate, users.remove):  # the exact name is needed, and suggested
+        with pytest.raises(UserError, match="'ALICE' does not exist .*did you mean 'alice'"):
+            change("ALICE")
 
 
 def test_user_tasks_refuse_before_creating_anything(tmp_path, capsys):

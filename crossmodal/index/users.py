@@ -37,7 +37,7 @@ KEY_ENV = "CROSSMODAL_AUTH_KEY"  # drawn by crossmodal/serve/flow.py at every st
 _TOKEN = re.compile(r"cm_([0-9a-f]{16})\.([A-Za-z0-9_-]{16,256})")
 # ASCII only: names are shown as owners, and Unicode lookalikes ("аlice" with a Cyrillic a)
 # would pass for someone else; names differing only in case are refused too (``add``)
-_NAME = re.compile(r"[A-Za-z0-9_.@+-]+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]*")  # "-" or ".." is no one's name
 
 
 class UserError(ValueError):
@@ -52,8 +52,8 @@ class User:
 
 def check_name(name: str, settings: AuthSettings = AUTH) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > settings.max_name_chars:
-        raise UserError(f"user name: ASCII letters, digits and . _ @ + - only, 1..{settings.max_name_chars} "
-                        f"characters, got {name!r}")
+        raise UserError(f"user name: ASCII letters, digits and . _ @ + -, starting with a letter or digit, "
+                        f"1..{settings.max_name_chars} characters, got {name!r}")
     return name
 
 
@@ -118,7 +118,7 @@ class Users:
             changed = self._db.execute("UPDATE users SET token_id=?, salt=?, hash=? WHERE name=?",
                                        (token_id, salt, hashed, name)).rowcount
         if not changed:
-            raise UserError(f"user {name!r} does not exist in {self.path}")
+            raise self._missing(name)
         return token
 
     def remove(self, name: str) -> None:
@@ -126,7 +126,13 @@ class Users:
         with self._lock:
             removed = self._db.execute("DELETE FROM users WHERE name=?", (name,)).rowcount
         if not removed:
-            raise UserError(f"user {name!r} does not exist in {self.path}")
+            raise self._missing(name)
+
+    def _missing(self, name: str) -> UserError:
+        with self._lock:
+            other = self._db.execute("SELECT name FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+        hint = f" (did you mean {other[0]!r}?)" if other else ""
+        return UserError(f"user {name!r} does not exist in {self.path}{hint}")
 
     def _row(self, token_id: str) -> Optional[tuple]:
         try:

@@ -222,7 +222,7 @@ def _executor_name(text: str) -> str:
 def _client_error(status):
     """A 422 for an executor's ``RequestError``, naming the parameter when the message does."""
     message = status.exception.args[0] if status.exception.args else status.description
-    found = re.search(r"parameter '(\w+)'", message)
+    found = re.search(r"parameter '(\w+)'", message) or re.match(r"(data[\w.\[\]]*): ", message)
     return Refused(422, message, **({"field": found.group(1)} if found else {}))
 
 
