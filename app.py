@@ -151,13 +151,13 @@ def run_user_task(args: argparse.Namespace) -> int:
     from crossmodal.index.users import UserError, Users
 
     refusal = user_task_refusal(args)
-    try:
-        if refusal:
-            raise UserError(refusal)
-        users = Users(args.workspace)
-    except (UserError, OSError, sqlite3.Error) as err:
-        detail = f"--workspace: cannot use {args.workspace}: {err.strerror or err}" if isinstance(err, OSError) else err
-        print(f"error: {detail}", file=sys.stderr)
+    if refusal is None:
+        try:
+            users = Users(args.workspace)
+        except (OSError, sqlite3.Error) as err:
+            refusal = f"--workspace: cannot use {args.workspace}: {getattr(err, 'strerror', None) or err}"
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     try:
         if args.task == "deluser":

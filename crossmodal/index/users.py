@@ -103,10 +103,10 @@ class Users:
         check_name(name, self.settings)
         token, (token_id, salt, hashed) = self._new_token()
         with self._lock:
-            taken = self._db.execute("SELECT name FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+            taken = self._stored_name(name)
             if taken:
-                raise UserError(f"user {taken[0]!r} already exists in {self.path}"
-                                + (f" (names differ in case only: {name!r})" if taken[0] != name else ""))
+                raise UserError(f"user {taken!r} already exists in {self.path}"
+                                + (f" (names differ in case only: {name!r})" if taken != name else ""))
             self._db.execute("INSERT INTO users VALUES (?,?,?,?,?,?)",
                              (name, int(admin), token_id, salt, hashed, time.time()))
         return token
@@ -128,10 +128,15 @@ class Users:
         if not removed:
             raise self._missing(name)
 
+    def _stored_name(self, name: str) -> Optional[str]:
+        """The stored name equal to ``name`` but for case, if any (the caller holds the lock)."""
+        row = self._db.execute("SELECT name FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+        return row[0] if row else None
+
     def _missing(self, name: str) -> UserError:
         with self._lock:
-            other = self._db.execute("SELECT name FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
-        hint = f" (did you mean {other[0]!r}?)" if other else ""
+            other = self._stored_name(name)
+        hint = f" (did you mean {other!r}?)" if other else ""
         return UserError(f"user {name!r} does not exist in {self.path}{hint}")
 
     def _row(self, token_id: str) -> Optional[tuple]:

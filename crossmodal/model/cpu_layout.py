@@ -97,24 +97,31 @@ class SelfAttention(nn.Module):
 IMAGE_LAYOUTS = ("packed", "dense")
 
 
+def check_layout(layout: str) -> str:
+    if layout not in IMAGE_LAYOUTS:
+        raise ValueError(f"image_layout: must be one of {IMAGE_LAYOUTS}, got {layout!r}")
+    return layout
+
+
 def fast_linear(layout: str = "packed"):
     """``packed``: the quickest exact layout for a few rows that this torch build offers (one
     query, one image). ``dense``: MKL's, quickest for batches of 16-32 images."""
-    if layout not in IMAGE_LAYOUTS:
-        raise ValueError(f"image_layout: must be one of {IMAGE_LAYOUTS}, got {layout!r}")
     packed = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    return PackedLinear if packed and layout == "packed" else InOutLinear
+    return PackedLinear if check_layout(layout) == "packed" and packed else InOutLinear
 
 
 def known_layout(transformer: nn.Module) -> bool:
     """open_clip's standard blocks (biased self-attention and MLP), which the swaps here assume."""
-    for block in getattr(transformer, "resblocks", None) or ():
+    blocks = getattr(transformer, "resblocks", None)
+    if not blocks:
+        return False
+    for block in blocks:
         attn, mlp = block.attn, getattr(block, "mlp", None)
         if not (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
                 and isinstance(getattr(mlp, "c_fc", None), nn.Linear) and isinstance(getattr(mlp, "c_proj", None), nn.Linear)
                 and mlp.c_fc.bias is not None and mlp.c_proj.bias is not None):
             return False
-    return transformer is not None and bool(getattr(transformer, "resblocks", None))
+    return True
 
 
 def relayout(transformer: Optional[nn.Module], linear=None) -> bool:

@@ -83,9 +83,11 @@ def load_towers(spec: ModelSpec, device: str = "auto", seed: int = 0, precision:
                 image_layout: str = "packed") -> tuple[Tower, Tower]:
     """(text, image) towers from one load of the model: one checkpoint read, one copy of each
     tower. ``image_layout``: see ``cpu_layout.fast_linear`` (CPU only)."""
+    from crossmodal.model.cpu_layout import check_layout
     from crossmodal.model.precision import check_precision
 
     check_precision(precision)
+    check_layout(image_layout)
     dev = pick_device(device)
     model, preprocess = create_model(spec, dev, seed)
     image = _image_tower(model, preprocess, spec, dev, image_layout)
