@@ -1,4 +1,8 @@
 """The encoders: truncated text context equals open_clip, towers are separate."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +10,9 @@ import torch
 from crossmodal.model.encode import encode_images, encode_texts
 from crossmodal.model.resolve import resolve
 from crossmodal.model.towers import create_model, load_image_tower, load_text_tower
-from tests.harness import TINY_MODEL
+from tests.harness import ROOT, TINY_MODEL
+
+KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 TEXTS = ["a red circle", "two small blue squares on a white background", "x", "the " * 90]
 
@@ -127,3 +133,51 @@ def test_split_image_transform_keeps_an_unknown_transform_whole():
 
     resize, to_tensor = split_image_transform(custom)
     assert resize("as is") == "as is" and to_tensor is custom
+
+
+def test_packed_products_run_at_few_row_counts():
+    """Each row count is a oneDNN kernel compiled and kept: rounded, any batch up to 2,048
+    rows is one of 72 shapes, a short query or one image is padded by one row at most."""
+    from crossmodal.model.cpu_layout import padded_rows
+
+    assert len({padded_rows(rows) for rows in range(1, 2049)}) == 72
+    for rows in range(1, 2049):
+        assert rows <= padded_rows(rows) <= (rows + 1 if rows <= 64 else rows * 1.125)
+    assert padded_rows(50) == 50  # one ViT-B-32 image: 49 patches and the class token
+
+
+def test_packed_linear_is_exact_at_any_row_count():
+    from crossmodal.model.cpu_layout import PackedLinear
+
+    linear = torch.nn.Linear(48, 80)
+    packed = PackedLinear(linear.weight, linear.bias)
+    with torch.inference_mode():
+        for shape in [(1, 1, 48), (3, 7, 48), (65, 48), (2, 50, 48), (129, 48), (9, 111, 48)]:
+            x = torch.randn(shape)
+            out = packed(x)
+            assert out.shape == (*shape[:-1], 80)
+            assert torch.allclose(out, linear(x), atol=1e-5), shape
+
+
+def test_texts_of_many_lengths_leave_a_bounded_kernel_cache():
+    """ViT-B-32's text tower at 37 lengths x 3 batch sizes: with oneDNN's default 1,024 kernels
+    kept, the process grew by ~255 MB; bounded (settings.kernel_cache), by ~60-70 MB (~150 MB with rounded rows alone)."""
+    code = """
+import os, sys
+from crossmodal.model.encode import encode_texts
+from crossmodal.model.resolve import resolve
+from crossmodal.model.towers import load_text_tower
+def pss():
+    return next(int(l.split()[1]) for l in open("/proc/self/smaps_rollup") if l.startswith("Pss:")) / 1024
+tower = load_text_tower(resolve("ViT-B-32", "none"))
+encode_texts(tower, ["warm up"])
+before = pss()
+for words in range(1, 75, 2):
+    for batch in (1, 3, 8):
+        encode_texts(tower, [" ".join(["red"] * words)] * batch)
+print(round(pss() - before))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k not in KERNEL_CACHE_VARIABLES})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) < 105, done.stdout

@@ -40,12 +40,33 @@ print("module", "torch" in sys.modules)
 encoder = ClipEncoder(model={TINY_MODEL!r}, pretrained="none")
 print("encoder", blocked("torch"), "torch" in sys.modules, blocked("timm"), "timm" in sys.modules,
       "triton" in sys.modules)
+print("compiler", "torch._dynamo" in sys.modules, "sympy" in sys.modules, encoder.model.encode_texts(["a"], 1).shape)
 encoder.close()
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert lines[-2:] == ["module False", "encoder False True True False False"], lines
+    assert lines[-3:] == ["module False", "encoder False True True False False", "compiler False False (1, 32)"], lines
+
+
+def test_torchvision_without_the_compiler_still_reaches_it_when_asked():
+    """The stand-in is gone once torchvision is in: roi_align's name reaches the real
+    dynamo on first use, and dynamo itself imports whole."""
+    code = """
+import sys
+from crossmodal.model.guard import import_torchvision_without_compiler
+import_torchvision_without_compiler()
+roi_align = sys.modules["torchvision.ops.roi_align"]  # the package exports a function of that name
+print("in", "torchvision" in sys.modules, "torch._dynamo" in sys.modules, "torch._dynamo.utils" in sys.modules)
+print("call", roi_align.is_compile_supported("cpu"), "torch._dynamo" in sys.modules)
+from torch._dynamo.utils import is_compile_supported
+print("real", is_compile_supported("cpu"), callable(sys.modules["torch._dynamo"].optimize))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    real = lines[-1].split()[1]
+    assert lines[-3:] == ["in True False False", f"call {real} True", f"real {real} True"], lines
 
 
 def test_unused_libraries_follow_the_model_config_and_the_device():

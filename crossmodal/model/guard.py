@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.abc
 import sys
+import types
 from typing import Iterable
 
 MODEL_LIBRARIES = ("torch", "torchvision", "open_clip", "open_clip_train", "tensorflow", "jax")
@@ -48,3 +49,33 @@ def allow_model_libraries(unused: Iterable[str] = ()) -> None:
 def blocked(name: str = "torch") -> bool:
     """Whether importing ``name`` is blocked in this process."""
     return any(isinstance(finder, _Blocker) and name.split(".", 1)[0] in finder.names for finder in sys.meta_path)
+
+
+def import_torchvision_without_compiler() -> None:
+    """Import torchvision (open_clip's transforms need it) without torch.compile's front end.
+
+    torchvision's ``roi_align`` imports ``torch._dynamo.utils.is_compile_supported`` when it
+    is imported, which loads dynamo and sympy: ~70 MB of PSS and ~2 s of start-up in an encoder
+    whose towers run eagerly. While torchvision imports, that one name comes from a stand-in
+    whose function imports the real one on its first call, so code that does compile loses
+    nothing; once torchvision is in, ``torch._dynamo`` imports as usual.
+    """
+    name = "torch._dynamo.utils"
+    if "torchvision" in sys.modules or "torch._dynamo" in sys.modules:
+        return
+
+    def is_compile_supported(device_type):
+        from torch._dynamo.utils import is_compile_supported as real
+
+        return real(device_type)
+
+    stand_in = types.ModuleType(name)
+    stand_in.is_compile_supported = is_compile_supported
+    sys.modules[name] = stand_in
+    try:
+        import torchvision  # noqa: F401
+    finally:
+        del sys.modules[name]
+    if "torch._dynamo" in sys.modules:  # this torchvision imports dynamo itself: it saw the stand-in
+        raise ImportError(f"torchvision imported torch._dynamo while {name} stood in for it "
+                          "(crossmodal.model.guard); this torchvision needs a plain import")

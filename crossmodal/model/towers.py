@@ -7,8 +7,10 @@ from typing import Callable
 import open_clip
 import torch
 
-from crossmodal.model.memory import fix_mmap_threshold, release_freed_memory
+from crossmodal.model.memory import bound_kernel_caches, fix_mmap_threshold, release_freed_memory
 from crossmodal.model.resolve import ModelSpec, ModelUnavailable, embed_dim, register_local_configs
+from crossmodal.model.tokens import Tokenizer
+from crossmodal.settings import ENCODER
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -32,6 +34,7 @@ def create_model(spec: ModelSpec, device: torch.device, seed: int = 0):
     """The whole open_clip model and its evaluation transform, as ``spec`` says."""
     register_local_configs()
     fix_mmap_threshold()
+    bound_kernel_caches(ENCODER.kernel_cache)
     torch.manual_seed(seed)  # random-init models (tests, benchmarks) are reproducible
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -57,7 +60,7 @@ def _text_tower(model, spec: ModelSpec, device: torch.device, precision: str) ->
     if hasattr(model, "visual"):
         del model.visual
     apply_text_precision(model, precision, device)
-    return Tower(model, open_clip.get_tokenizer(spec.name), spec, device, embed_dim(spec))
+    return Tower(model, Tokenizer(spec), spec, device, embed_dim(spec))
 
 
 def load_image_tower(spec: ModelSpec, device: str = "auto", seed: int = 0) -> Tower:

@@ -139,7 +139,7 @@ def measure(model: Optional[str], pretrained: Optional[str], seed: int = CALIBRA
                                                  for batch in (images, copies, redrawn, noise))
         del image_tower
         known = {w for d in descriptions for w in d.text.split()} | {w for s in scenes for w in s.caption().split()}
-        off = off_topic_texts(n_texts // 4, rng, list(text_tower.transform.encoder), known)
+        off = off_topic_texts(n_texts // 4, rng, list(text_tower.transform.vocabulary), known)
         txt, txt_copy, txt_off = (_encode(encode_texts, text_tower, batch, bar)
                                   for batch in (texts, altered, off))
     image_copies, text_copies = (img * img_copy).sum(1), (txt * txt_copy).sum(1)

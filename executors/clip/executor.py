@@ -13,7 +13,8 @@ Decoding and resizing run in a pool beside it (PIL only, no torch).
 
 This module imports no torch: the constructor lifts the launcher's block on model
 libraries only once it knows the model, and keeps out those the model does not use
-(``resolve.unused_libraries``: timm ~60 MB, and on the CPU triton ~75 MB).
+(``resolve.unused_libraries``: timm ~60 MB, and on the CPU triton ~75 MB), and imports
+torchvision without torch.compile's dynamo and sympy (~70 MB, ``guard``).
 """
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -27,7 +28,7 @@ from crossmodal.api.validate import content_error, mark_error, query_error
 from crossmodal.inputs.images import ImageInputError, ImageLimits, decode, image_bytes, thumbnail_data_uri
 from crossmodal.inputs.images import data_roots as image_roots  # the parameter's name is taken
 from crossmodal.model.batcher import ContinuousBatcher
-from crossmodal.model.guard import allow_model_libraries
+from crossmodal.model.guard import allow_model_libraries, import_torchvision_without_compiler
 from crossmodal.model.resolve import resolve, unused_libraries
 from crossmodal.settings import ENCODER, LIMITS, Limits
 
@@ -52,6 +53,7 @@ class ClipEncoder(Executor):
         spec = resolve(model or None, pretrained or None)
         allow_model_libraries()  # torch may load now: for device "auto", it says whether there is a GPU
         allow_model_libraries(unused=unused_libraries(spec, device))
+        import_torchvision_without_compiler()
         from crossmodal.model.clip import ClipModel  # torch and open_clip from here on
 
         self.model = self.worker.submit(ClipModel, spec, device, precision, mmap_dir, image_layout).result()
