@@ -103,8 +103,8 @@ class EncoderSettings:
     # post 141 -> 129 ms, 16-client QPS 34.7-38.2 -> 39.0-44.1. OMP_WAIT_POLICY or
     # GOMP_SPINCOUNT in the environment win over it (crossmodal/serve/flow.openmp_env).
     openmp_spin_count: int = 10_000
-    # oneDNN kernels kept for packed linears, one per product shape (crossmodal/model/memory.py);
-    # shapes are rounded (cpu_layout.padded_rows), so one-at-a-time traffic needs ~50
+    # oneDNN kernels kept for packed linears, one per product shape (crossmodal/model/memory.py):
+    # four per even query length (cpu_layout.padded_rows) and four for one image
     kernel_cache: int = 64
 
 

@@ -10,7 +10,7 @@ The BPE keeps every word it has seen in a dict that nothing empties: a client po
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import open_clip
 import torch
@@ -20,21 +20,22 @@ from crossmodal.model.resolve import ModelSpec, model_config
 MAX_CACHED_WORDS = 50_000  # ~10 MB; real vocabularies stay far below, so the cache rarely resets
 
 
-def _default_bpe(spec: ModelSpec) -> bool:
-    """Whether ``get_tokenizer`` would build CLIP's plain SimpleTokenizer for ``spec``."""
+def _plain_bpe_context(spec: ModelSpec) -> Optional[int]:
+    """The context length, where ``get_tokenizer`` would build CLIP's plain SimpleTokenizer for
+    ``spec`` (a known config without HF tokenizer or tokenizer options, not SigLIP); else None."""
     config = model_config(spec.name)
     text = (config or {}).get("text_cfg") or {}
-    return (config is not None and not text.get("hf_tokenizer_name") and not text.get("tokenizer_kwargs")
-            and "siglip" not in spec.name.lower())
+    if config is None or text.get("hf_tokenizer_name") or text.get("tokenizer_kwargs") or "siglip" in spec.name.lower():
+        return None
+    return int(text.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH))
 
 
 class Tokenizer:
     """Texts to a (n, context_length) LongTensor, as open_clip's tokenizer for ``spec`` makes them."""
 
     def __init__(self, spec: ModelSpec):
-        if _default_bpe(spec):
-            self.context_length = int((model_config(spec.name)["text_cfg"]).get(
-                "context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH))
+        self.context_length = _plain_bpe_context(spec)
+        if self.context_length is not None:
             self.tokenizer = open_clip.tokenizer._tokenizer  # the copy behind open_clip.tokenize
         else:
             self.tokenizer = open_clip.get_tokenizer(spec.name)
