@@ -104,6 +104,7 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
         index_factory=args.index_factory, data_roots=tuple(args.data_roots), precision=args.precision,
         auth=serving and auth_wanted(args), shards=args.shards, replicas=args.replicas,
         metrics_port=args.metrics, calibrate=args.calibrate, bulk=not serving,
+        request_log=serving,  # a batch job's progress bar and summary are its log
     )
 
 
@@ -240,15 +241,23 @@ def run_index(args: argparse.Namespace) -> int:
                     failures.append((doc.id, doc.error))
             bar.update(len(response.docs))
 
-        docs = read_docs(sources, failed)
-        post_all(client, "/index", docs, done, max_docs=args.batch_size)
+        interrupted = False
+        try:
+            post_all(client, "/index", read_docs(sources, failed), done, max_docs=args.batch_size)
+        except KeyboardInterrupt:  # Ctrl-C: what the Flow acknowledged is stored; say so
+            interrupted = True
         seconds = time.time() - start
     for doc_id, error in failures[:SHOWN_FAILURES]:
         print(f"  failed {doc_id}: {error}", file=sys.stderr)
     if len(failures) > SHOWN_FAILURES:
         print(f"  ... and {len(failures) - SHOWN_FAILURES} more failed", file=sys.stderr)
-    print(f"indexed {counts['indexed']}, updated {counts['updated']}, failed {counts['error']} "
-          f"in {seconds:.1f}s ({len(sources) / max(seconds, 1e-9):.1f} docs/s) into {args.workspace}")
+    handled = counts["indexed"] + counts["updated"] + counts["error"]
+    print(f"{'interrupted: ' if interrupted else ''}indexed {counts['indexed']}, updated {counts['updated']}, "
+          f"failed {counts['error']} in {seconds:.1f}s ({handled / max(seconds, 1e-9):.1f} docs/s) into {args.workspace}"
+          + (f"; {len(sources) - handled} of {len(sources)} not confirmed (run it again: what is stored is updated)"
+             if interrupted else ""))
+    if interrupted:
+        return 130
     return 1 if counts["error"] and not (counts["indexed"] or counts["updated"]) else 0
 
 

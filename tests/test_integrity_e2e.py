@@ -195,11 +195,17 @@ def test_per_request_endpoints_are_never_cut_into_chunks(server):
     assert status == 200 and len(body["data"]) == 1 and body["data"][0]["tags"]["total"] >= 3
 
 
-def test_delete_names_an_empty_id_instead_of_answering_not_found(server):
-    status, body = http_post(server.http_port, "/delete", [{"id": ""}, {"id": "never-indexed"}])
+def test_delete_names_an_empty_or_missing_id_instead_of_answering_not_found(server):
+    """DocArray gives a document without ``id`` a random one: /delete answered ``not_found``."""
+    http_post(server.http_port, "/index", [text_doc("del-kept", "a sibling that goes")])
+    status, body = http_post(server.http_port, "/delete", [{"id": ""}, {"id": "never-indexed"}, {"owner": "alice"},
+                                                           {"id": "del-kept"}])
     assert status == 200, body
     assert [(d["status"], (d.get("error") or "")[:12]) for d in body["data"]] == [
-        ("error", "id: required"), ("not_found", "")]
+        ("error", "id: required"), ("not_found", ""), ("error", "id: required"), ("deleted", "")]
+    assert body["data"][2]["id"] is None  # not the random id DocArray made up
+    status, body = http_post(server.http_port, "/delete", {"owner": "alice"})
+    assert status == 422 and body["field"] == "data.id" and "id: required" in body["detail"], body
 
 
 def test_a_listed_document_is_never_read_as_a_pair_of_its_keys(server):

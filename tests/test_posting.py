@@ -2,6 +2,10 @@
 message above ``max_body_bytes``; files they cannot send fail alone, before sending."""
 import io
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from crossmodal.inputs.images import ImageLimits
 from crossmodal.inputs.loaders import Source, discover, read_docs
 from crossmodal.serve.posting import request_batches
 from crossmodal.settings import LIMITS
-from tests.harness import TINY_MODEL, run_app
+from tests.harness import ROOT, TINY_MODEL, app_env, run_app
 
 
 def doc(i: int, blob_bytes: int = 0, text: str = "") -> ContentDoc:
@@ -133,3 +137,41 @@ def test_index_of_a_folder_with_nothing_to_index_says_so(tmp_path):
     run = run_app("-t", "index", "--data", str(tmp_path), "--workspace", str(tmp_path / "ws"),
                   "--model", TINY_MODEL, "--pretrained", "none", timeout=120)
     assert run.returncode == 1 and f"nothing to index in {tmp_path}" in run.stderr, run.stderr[-2000:]
+
+
+def test_ctrl_c_during_index_keeps_what_was_acknowledged_and_says_so(tmp_path):
+    """Ctrl-C reaches the whole process group, the Flow's processes included: the run ends with
+    its summary marked interrupted (exit 130), no traceback, and every document it counted is
+    stored: a second run updates those (and any of the 4 requests in flight that the indexer
+    stored before the stop) and indexes the rest."""
+    data, workspace = tmp_path / "texts", tmp_path / "ws"
+    data.mkdir()
+    (data / "notes.txt").write_text("".join(f"note number {i} about circles\n" for i in range(400)))
+    args = [sys.executable, str(ROOT / "app.py"), "-t", "index", "--data", str(data), "--workspace", str(workspace),
+            "--model", TINY_MODEL, "--pretrained", "none", "--batch-size", "1"]
+    run = subprocess.Popen(args, cwd=ROOT, env=app_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    progress = b""
+    try:
+        while not re.search(rb"\b([2-9]\d|\d{3})/400\b", progress):  # 20+ documents acknowledged
+            chunk = run.stderr.read1(4096)
+            assert chunk, f"index ended before it could be interrupted: {progress[-2000:]!r}"
+            progress += chunk
+        os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    err = (progress + err).decode()
+    assert run.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "never retrieved" not in err, err[-3000:]
+    counted = re.search(r"interrupted: indexed (\d+), updated 0, failed 0 in .*; (\d+) of 400 not confirmed",
+                        out.decode())
+    assert counted, out.decode()[-2000:]
+    stored = int(counted.group(1))
+    assert 20 <= stored < 400 and int(counted.group(2)) == 400 - stored
+    again = run_app(*args[2:], timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rerun = re.search(r"indexed (\d+), updated (\d+), failed 0", again.stdout)
+    assert rerun and int(rerun.group(1)) + int(rerun.group(2)) == 400, again.stdout[-2000:]
+    assert stored <= int(rerun.group(2)) <= stored + 4, (stored, again.stdout[-2000:])

@@ -74,6 +74,7 @@ def test_cli_index_summary_and_idempotent_rerun(service):
     assert first.returncode == 0, first.stderr[-2000:]
     assert "indexed 8, updated 0, failed 0" in first.stdout
     assert "indexed 0, updated 8, failed 0" in again.stdout
+    assert '"endpoint"' not in first.stdout + first.stderr  # no request-log lines in a batch job's progress bar
     [doc] = grpc_post(service, "/search", [ContentDoc(id="q", text="a yellow shape")], k=100, modalities=["text"])
     assert {f"images/{c}.png#caption1" for c in COLORS} <= {m.id for m in doc.text_matches}
 

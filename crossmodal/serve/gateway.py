@@ -64,10 +64,12 @@ def refusal(body: bytes, limits: Limits = LIMITS):
     return screened(body, limits)[0]
 
 
-def screened(body: bytes, limits: Limits = LIMITS) -> tuple[Optional[Refused], bytes, dict[int, str]]:
+def screened(body: bytes, limits: Limits = LIMITS, path: str = "") -> tuple[Optional[Refused], bytes, dict[int, str]]:
     """Why a JSON request body is refused before Jina parses it into documents, or None; the
     body to hand on, whose documents keep only ``CLIENT_FIELDS``; and the listed documents
-    that fail on a field's type, by position (``client_documents``).
+    that fail on a field's type, by position (``client_documents``). On ``ID_ENDPOINTS`` a
+    document without an ``id`` fails too: DocArray would give it a random one, and /delete
+    answered ``not_found`` for an id nobody sent.
 
     A body that is not JSON is left to FastAPI (422). Counting documents here costs one
     ``json.loads`` of a body already bounded by ``max_body_bytes``, while a million empty
@@ -94,9 +96,25 @@ def screened(body: bytes, limits: Limits = LIMITS) -> tuple[Optional[Refused], b
         return Refused(400, "header.target_executor: clients cannot route requests; "
                             "every request goes through the whole Flow", field="header.target_executor"), body, {}
     refused, dropped, errors = client_documents(data)
+    if refused is None and path in ID_ENDPOINTS:
+        refused = _missing_ids(data, errors, limits)
     if refused is None and (dropped or errors):
         body = json.dumps(request).encode()
     return refused, body, errors
+
+
+ID_ENDPOINTS = frozenset({"/delete"})  # an id names what the request acts on
+
+
+def _missing_ids(data, errors: dict[int, str], limits: Limits) -> Optional[Refused]:
+    """Add, by position, the listed documents that carry no ``id``; refuse a single one."""
+    reason = f"id: required, a non-empty string of at most {limits.max_id_chars} characters"
+    if isinstance(data, dict):
+        return None if "id" in data else Refused(422, f"data.{reason}", field="data.id")
+    for i, doc in enumerate(data if isinstance(data, list) else []):
+        if "id" not in doc:
+            errors.setdefault(i, reason)
+    return None
 
 
 def client_documents(data) -> tuple[Optional[Refused], bool, dict[int, str]]:
@@ -190,7 +208,7 @@ def guard_requests(app, limits: Limits = LIMITS):
             if size > limits.max_body_bytes:
                 return await _answer(scope, send, too_big)
             more = message.get("more_body", False)
-        refused, body, type_errors = screened(b"".join(chunks), limits)
+        refused, body, type_errors = screened(b"".join(chunks), limits, scope["path"])
         if refused is not None:
             return await _answer(scope, send, refused)
         scope["headers"] = [(key, str(len(body)).encode() if key == b"content-length" else value)

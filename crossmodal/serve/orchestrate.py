@@ -167,6 +167,14 @@ async def _answered(request: DataRequest, return_type: Any, handler: Callable, s
     return _internal_fields_dropped(response)
 
 
+def _retrieved(answer: asyncio.Future) -> None:
+    """Mark a failed answer as seen. Its client gets the failure when it awaits the answer; a client
+    that hung up (Ctrl-C on ``app.py -t index``) never does, and asyncio then printed a traceback
+    per unawaited answer on the gateway's stderr."""
+    if not answer.cancelled():
+        answer.exception()
+
+
 def orchestrate(streamer) -> None:
     """Every client request goes through ``_answered`` (see the module's docstring)."""
     inner = streamer._streamer  # Jina's RequestStreamer: both protocols end in its request handler
@@ -176,6 +184,8 @@ def orchestrate(streamer) -> None:
     shards = int(os.environ.get("CROSSMODAL_SHARDS", "1"))  # the Flow's environment (serve/flow.py)
 
     def handle(request: DataRequest, return_type: Any = None):
-        return asyncio.ensure_future(_answered(request, return_type, handler, shards)), None
+        answer = asyncio.ensure_future(_answered(request, return_type, handler, shards))
+        answer.add_done_callback(_retrieved)
+        return answer, None
 
     inner._request_handler, inner.crossmodal_orchestrated = handle, True
