@@ -93,6 +93,14 @@ def test_a_folder_keeps_going_past_a_table_it_cannot_read(tmp_path):
     os.mkfifo(tmp_path / "fifo.csv")
     with pytest.raises(ValueError, match="neither a folder nor a regular file"):
         discover(tmp_path / "fifo.csv", "me")
+    os.mkfifo(tmp_path / "notes.txt")  # in the folder: reported, not skipped silently, never read
+    (tmp_path / "tables.csv").mkdir()  # a folder named like a table is no table
+    failed.clear()
+    assert {s.id for s in discover(tmp_path, "me", failed=lambda name, reason: failed.update({name: reason}))} == {
+        s.id for s in sources}
+    assert failed["notes.txt"] == f"file: {tmp_path / 'notes.txt'} is not a regular file"
+    assert failed["fifo.csv"] == f"file: {tmp_path / 'fifo.csv'} is not a regular file"
+    assert set(failed) == {"latin1.txt", "bad.csv", "notes.txt", "fifo.csv"}
 
 
 def noise_png(pixels: int, seed: int) -> bytes:

@@ -141,9 +141,13 @@ def discover(data: Path, default_owner: str = "demo",
         if data.suffix.lower() in IMAGE_SUFFIXES:
             return [Source(data.name, default_owner, "image", path=data)]
         return _table(data, default_owner)
-    tables = [p for p in sorted(data.iterdir()) if p.is_file() and p.suffix.lower() in (".csv", ".txt")]
+    tables = [p for p in sorted(data.iterdir()) if p.suffix.lower() in (".csv", ".txt")]
     found = {}
     for table in tables:
+        if not table.is_file():  # a FIFO would hang the read, a folder is no table
+            if failed is not None and not table.is_dir():
+                failed(table.name, f"file: {table} is not a regular file")
+            continue
         try:
             found.update((source.id, source) for source in _table(table, default_owner))
         except TABLE_ERRORS as err:
