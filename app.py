@@ -220,10 +220,10 @@ def run_index(args: argparse.Namespace) -> int:
     failures: list[tuple[str, str]] = []  # (id, reason): tables that could not be read, then documents
     sources = discover(args.data, args.owner, failed=lambda name, reason: failures.append((name, reason)))
     if not sources:
-        print(f"error: nothing to index in {args.data}: no images ({', '.join(IMAGE_SUFFIXES)}), "
-              "caption table or text file", file=sys.stderr)
         for name, reason in failures:
             print(f"  failed {name}: {reason}", file=sys.stderr)
+        print(f"error: nothing to index in {args.data}: no {'readable ' if failures else ''}images "
+              f"({', '.join(IMAGE_SUFFIXES)}), caption table or text file", file=sys.stderr)
         return 1
     counts = Counter(error=len(failures))
     with running_flow(service_config(args)) as client, tqdm(total=len(sources), unit="doc", desc="indexing") as bar:

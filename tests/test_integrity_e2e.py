@@ -208,6 +208,26 @@ def test_delete_names_an_empty_or_missing_id_instead_of_answering_not_found(serv
     assert status == 422 and body["field"] == "data.id" and "id: required" in body["detail"], body
 
 
+def test_string_fields_of_another_json_type_fail_their_document_and_nothing_else(server):
+    """pydantic turned ``{"id": 7}`` into the id "7": a /delete removed the item "7". A list id
+    failed the whole request, the valid sibling with it."""
+    http_post(server.http_port, "/index", [text_doc("7", "seven"), text_doc("True", "truth"), text_doc("typed-x", "x")])
+    status, body = http_post(server.http_port, "/delete", [{"id": 7}, {"id": ["typed-x"]}, {"id": True},
+                                                           {"id": {"a": 1}}, {"id": "typed-x"}])
+    assert status == 200, body
+    assert [(d["status"], d.get("error")) for d in body["data"]] == [
+        ("error", "id: str type expected"), ("error", "id: str type expected"),
+        ("error", "id: str type expected"), ("error", "id: str type expected"),
+        ("deleted", None)]
+    status, body = http_post(server.http_port, "/index", [{"id": "typed-t", "owner": "alice", "text": 123}])
+    assert status == 200 and body["data"][0]["error"] == "text: str type expected", body
+    for lone, field in (({"id": 7}, "data.id"), ({"id": None}, "data.id"), ({"id": "a", "owner": 5}, "data.owner")):
+        status, body = http_post(server.http_port, "/delete", lone)
+        assert status == 422 and body["field"] == field, (lone, body)
+    status, body = http_post(server.http_port, "/search", [{"id": "q", "text": "seven"}], {"k": 50})
+    assert {"7", "True"} <= {m["id"] for m in body["data"][0]["text_matches"]}  # neither was deleted
+
+
 def test_a_listed_document_is_never_read_as_a_pair_of_its_keys(server):
     """pydantic read a one-item list that failed validation as ONE document built from pairs:
     ``[{"id": "t7", "status": []}]`` became ``{"id": "status"}`` and /delete removed "status"."""

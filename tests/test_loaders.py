@@ -1,3 +1,5 @@
+import pytest
+
 from crossmodal.inputs.loaders import discover
 from tests.harness import png_bytes
 
@@ -38,3 +40,17 @@ def test_flickr8k_layout(tmp_path):
     assert [s.modality for s in sources] == ["image", "text", "text"]
     assert sources[0].path == tmp_path / "Images" / "1000.jpg"
     assert sources[0].to_doc().blob == png_bytes()
+
+
+@pytest.mark.parametrize("caption", ["红" * 9000, "😀" * 5000, "\\" * 9999])
+def test_a_long_caption_never_fails_its_image_on_tags(tmp_path, caption):
+    """The caption is copied into its image's tags for display: 9,000 CJK characters (under
+    max_text_chars) were 54 kB of escaped JSON, over max_tags_bytes, and failed the image."""
+    from crossmodal.api.validate import tags_error
+
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    (tmp_path / "captions.csv").write_text(f"image,caption\na.png,{caption}\n", encoding="utf-8")
+    by_id = {s.id: s for s in discover(tmp_path)}
+    shown = by_id["a.png"].tags["caption"]
+    assert tags_error(by_id["a.png"].tags) is None and caption.startswith(shown[:-1]) and shown.endswith("…")
+    assert by_id["a.png#caption1"].text == caption  # the caption itself is indexed whole

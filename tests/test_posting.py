@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from crossmodal.api.schemas import ContentDoc
-from crossmodal.inputs.images import ImageLimits
+from crossmodal.inputs.images import IMAGE_SUFFIXES, ImageLimits
 from crossmodal.inputs.loaders import Source, discover, read_docs
 from crossmodal.serve.posting import request_batches
 from crossmodal.settings import LIMITS
@@ -145,6 +145,13 @@ def test_index_of_a_folder_with_nothing_to_index_says_so(tmp_path):
     run = run_app("-t", "index", "--data", str(tmp_path), "--workspace", str(tmp_path / "ws"),
                   "--model", TINY_MODEL, "--pretrained", "none", timeout=120)
     assert run.returncode == 1 and f"nothing to index in {tmp_path}" in run.stderr, run.stderr[-2000:]
+    os.mkfifo(tmp_path / "notes.txt")  # a text file that cannot be read: listed first, the verdict last
+    run = run_app("-t", "index", "--data", str(tmp_path), "--workspace", str(tmp_path / "ws"),
+                  "--model", TINY_MODEL, "--pretrained", "none", timeout=120)
+    assert run.returncode == 1 and run.stderr.splitlines()[-2:] == [
+        f"  failed notes.txt: file: {tmp_path / 'notes.txt'} is not a regular file",
+        f"error: nothing to index in {tmp_path}: no readable images ({', '.join(IMAGE_SUFFIXES)}), "
+        "caption table or text file"], run.stderr[-2000:]
 
 
 def test_ctrl_c_during_index_keeps_what_was_acknowledged_and_says_so(tmp_path):

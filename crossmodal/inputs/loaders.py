@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, Optional
 from crossmodal.api.schemas import ContentDoc
 from crossmodal.inputs.captions import ENCODING, caption_rows, header, is_caption_table, table_rows
 from crossmodal.inputs.images import IMAGE_SUFFIXES, ImageLimits
+from crossmodal.settings import LIMITS, Limits
 
 TEXT_HEADER = ("text",)
 
@@ -83,6 +84,14 @@ def read_docs(sources: Iterable[Source], failed: Callable[[Source, str], None],
             failed(source, str(err))
 
 
+def _shown(caption: str, limits: Limits = LIMITS) -> str:
+    """The caption copied into its image's tags, for display: cut to what fits ``max_tags_bytes``
+    however it is escaped (12 JSON bytes a character at worst), so that a long caption, itself
+    indexed in full as text, cannot fail its image on ``tags``."""
+    most = limits.max_tags_bytes // 16
+    return caption if len(caption) <= most else caption[:most - 1] + "…"
+
+
 def captions(table: Path, default_owner: str) -> Iterator[Source]:
     """Images and their captions from an ``image,caption[,owner]`` table (Flickr8k style)."""
     seen: dict[str, int] = {}
@@ -92,7 +101,7 @@ def captions(table: Path, default_owner: str) -> Iterator[Source]:
         image_id = row.image.relative_to(root).as_posix() if row.image.is_relative_to(root) else row.image.name
         if image_id not in seen:
             seen[image_id] = 0
-            yield Source(image_id, owner, "image", path=row.image, tags={"caption": row.caption})
+            yield Source(image_id, owner, "image", path=row.image, tags={"caption": _shown(row.caption)})
         seen[image_id] += 1
         yield Source(f"{image_id}#caption{seen[image_id]}", owner, "text", text=row.caption,
                      tags={"image": image_id})

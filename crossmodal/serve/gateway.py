@@ -110,9 +110,9 @@ def _missing_ids(data, errors: dict[int, str], limits: Limits) -> Optional[Refus
     """Add, by position, the listed documents that carry no ``id``; refuse a single one."""
     reason = f"id: required, a non-empty string of at most {limits.max_id_chars} characters"
     if isinstance(data, dict):
-        return None if "id" in data else Refused(422, f"data.{reason}", field="data.id")
+        return None if data.get("id") is not None else Refused(422, f"data.{reason}", field="data.id")
     for i, doc in enumerate(data if isinstance(data, list) else []):
-        if "id" not in doc:
+        if doc.get("id") is None:
             errors.setdefault(i, reason)
     return None
 
@@ -139,16 +139,34 @@ def client_documents(data) -> tuple[Optional[Refused], bool, dict[int, str]]:
         for name in doc.keys() - CLIENT_FIELDS:
             del doc[name]
             dropped = True
-        try:
-            ContentDoc(**doc)
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(part) for part in first["loc"])
+        error = _string_error(doc)
+        if error is None:
+            try:
+                ContentDoc(**doc)
+            except ValidationError as err:
+                first = err.errors()[0]
+                error = ".".join(str(part) for part in first["loc"]), first["msg"]
+        if error is not None:
+            field, message = error
             if not isinstance(data, list):
-                return Refused(422, f"{where}.{field}: {first['msg']}", field=f"{where}.{field}"), dropped, errors
-            errors[i] = f"{field}: {first['msg']}"
+                return Refused(422, f"{where}.{field}: {message}", field=f"{where}.{field}"), dropped, errors
+            errors[i] = f"{field}: {message}"
             docs[i] = {"id": doc["id"]} if isinstance(doc.get("id"), str) else {}
     return None, dropped, errors
+
+
+STRING_FIELDS = ("id", "owner", "modality", "text", "uri")
+
+
+def _string_error(doc: dict) -> Optional[tuple[str, str]]:
+    """A string field sent as another JSON type: pydantic turned ``7`` into ``"7"`` (a /delete of
+    ``{"id": 7}`` removed the item "7"), ``true`` into ``"True"``, and failed the whole request
+    for a list."""
+    for name in STRING_FIELDS:
+        value = doc.get(name)
+        if value is not None and not isinstance(value, str):
+            return name, "str type expected"  # pydantic's words, as for the other type errors
+    return None
 
 
 def value_error(name: str, value, depth: int) -> Optional[tuple[str, str]]:
