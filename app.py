@@ -206,13 +206,43 @@ def users_check(cfg: ServiceConfig) -> None:
         users.close()
 
 
-def run_index(args: argparse.Namespace) -> int:
+def _post_sources(args: argparse.Namespace, sources: list, failures: list, counts: Counter) -> tuple[bool, float]:
+    """Index ``sources`` through a one-shot Flow, counting answers and failures as they come:
+    (whether Ctrl-C stopped it, seconds spent). Ctrl-C, once or again while the Flow stops,
+    ends the posting; what the Flow acknowledged is stored."""
     from tqdm import tqdm
 
-    from crossmodal.inputs.images import IMAGE_SUFFIXES
-    from crossmodal.inputs.loaders import discover, read_docs
+    from crossmodal.inputs.loaders import read_docs
     from crossmodal.serve.flow import running_flow
     from crossmodal.serve.posting import post_all
+
+    start = time.time()
+    try:
+        with running_flow(service_config(args)) as client, tqdm(total=len(sources), unit="doc",
+                                                                  desc="indexing") as bar:
+            start = time.time()
+
+            def failed(source, reason: str) -> None:
+                failures.append((source.id, reason))
+                counts["error"] += 1
+                bar.update(1)
+
+            def done(response) -> None:
+                for doc in response.docs:
+                    counts[doc.status or "error"] += 1
+                    if doc.status == "error":
+                        failures.append((doc.id, doc.error))
+                bar.update(len(response.docs))
+
+            post_all(client, "/index", read_docs(sources, failed), done, max_docs=args.batch_size)
+    except KeyboardInterrupt:
+        return True, time.time() - start
+    return False, time.time() - start
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from crossmodal.inputs.images import IMAGE_SUFFIXES
+    from crossmodal.inputs.loaders import discover
 
     if args.data is None:
         args.data = DEMO_DATA
@@ -226,27 +256,7 @@ def run_index(args: argparse.Namespace) -> int:
               f"({', '.join(IMAGE_SUFFIXES)}), caption table or text file", file=sys.stderr)
         return 1
     counts = Counter(error=len(failures))
-    with running_flow(service_config(args)) as client, tqdm(total=len(sources), unit="doc", desc="indexing") as bar:
-        start = time.time()
-
-        def failed(source, reason: str) -> None:
-            failures.append((source.id, reason))
-            counts["error"] += 1
-            bar.update(1)
-
-        def done(response) -> None:
-            for doc in response.docs:
-                counts[doc.status or "error"] += 1
-                if doc.status == "error":
-                    failures.append((doc.id, doc.error))
-            bar.update(len(response.docs))
-
-        interrupted = False
-        try:
-            post_all(client, "/index", read_docs(sources, failed), done, max_docs=args.batch_size)
-        except KeyboardInterrupt:  # Ctrl-C: what the Flow acknowledged is stored; say so
-            interrupted = True
-        seconds = time.time() - start
+    interrupted, seconds = _post_sources(args, sources, failures, counts)
     for doc_id, error in failures[:SHOWN_FAILURES]:
         print(f"  failed {doc_id}: {error}", file=sys.stderr)
     if len(failures) > SHOWN_FAILURES:

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -154,11 +155,13 @@ def test_index_of_a_folder_with_nothing_to_index_says_so(tmp_path):
         "caption table or text file"], run.stderr[-2000:]
 
 
-def test_ctrl_c_during_index_keeps_what_was_acknowledged_and_says_so(tmp_path):
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_index_keeps_what_was_acknowledged_and_says_so(tmp_path, presses):
     """Ctrl-C reaches the whole process group, the Flow's processes included: the run ends with
     its summary marked interrupted (exit 130), no traceback, and every document it counted is
     stored: a second run updates those (and any of the 4 requests in flight that the indexer
-    stored before the stop) and indexes the rest."""
+    stored before the stop) and indexes the rest. A second Ctrl-C while the Flow stops ended
+    the run without its summary."""
     data, workspace = tmp_path / "texts", tmp_path / "ws"
     data.mkdir()
     (data / "notes.txt").write_text("".join(f"note number {i} about circles\n" for i in range(400)))
@@ -172,7 +175,9 @@ def test_ctrl_c_during_index_keeps_what_was_acknowledged_and_says_so(tmp_path):
             chunk = run.stderr.read1(4096)
             assert chunk, f"index ended before it could be interrupted: {progress[-2000:]!r}"
             progress += chunk
-        os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        for press in range(presses):
+            time.sleep(0.05 * press)
+            os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         out, err = run.communicate(timeout=60)
     finally:
         if run.poll() is None:
