@@ -140,6 +140,20 @@ def test_compose_runs_every_service_from_the_project_image_with_a_config_it_hold
     assert "CrossmodalGateway" in (ROOT / OPS.gateway_config).read_text()
 
 
+def test_compose_executors_tolerate_the_keepalive_pings_of_jinas_channels(compose):
+    """Jina's channels ping every ~10 s even when idle, and set the servers' tolerance under
+    misspelled names: gRPC's default (one ping per 5 min) answered with GOAWAY "too_many_pings"
+    and an error line in the gateway's log after ~45 s idle. Heads and uses-after included."""
+    from jina.serve.helper import get_default_grpc_options
+
+    ping_ms = dict(get_default_grpc_options())["grpc.keepalive_time_ms"]
+    doc, _, _ = compose
+    for name, service in doc["services"].items():
+        if service["command"][0] == "executor":
+            options = json.loads(arg(service["command"], "--grpc-server-options") or "{}")
+            assert options.get("grpc.http2.min_ping_interval_without_data_ms", 300_000) < ping_ms, name
+
+
 def test_compose_gives_each_indexer_shard_its_own_volume(compose):
     doc, shards, _ = compose
     mounts = {}

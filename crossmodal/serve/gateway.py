@@ -45,6 +45,7 @@ UI_PATH = "/ui"
 CLIENT_ERRORS = {"RequestError"}  # exception names (crossmodal.api.validate) answered with 422
 UNAVAILABLE = {"ShardUnavailable"}  # crossmodal.api.merge: answered 503, naming the shards
 ROUTING_KEYS = ("target_executor", "targetExecutor")  # header fields only the gateway may set
+KEEPALIVE_PING_MS = 5000  # the pings without data a client may send, as the executors allow (Flow YAML)
 # position -> why, for listed documents of the HTTP request being answered whose fields have the
 # wrong type: the body guard finds them before Jina validates, ``answer_whole`` answers them
 _TYPE_ERRORS: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("crossmodal_type_errors",
@@ -475,9 +476,12 @@ class AuthGRPCGateway(GRPCGateway):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        # Jina lets a gRPC message be any size: one message of a gigabyte would be held whole
+        # Jina lets a gRPC message be any size: one message of a gigabyte would be held whole;
+        # and Jina's clients ping every 10 s when idle, which gRPC's default tolerance (one per
+        # 5 min) answered with GOAWAY "too_many_pings" (see the Flow YAML)
         options = dict(self.grpc_server_options or {})
         options["grpc.max_receive_message_length"] = LIMITS.max_body_bytes
+        options["grpc.http2.min_ping_interval_without_data_ms"] = KEEPALIVE_PING_MS
         self.grpc_server_options = options
         orchestrate(self.streamer)
         interceptors = list(self.grpc_tracing_server_interceptors or [])
