@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from crossmodal.api.params import parse_search_params
@@ -21,6 +23,13 @@ def test_defaults_and_float_integers():
 def test_bad_parameters_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         parse_search_params(params)
+
+
+@pytest.mark.parametrize("sent, shown", [(0.0, "got 0"), (1001.0, "got 1001"), (-3.0, "got -3"), (1e26, "got 1e+26")])
+def test_a_refused_number_reads_as_sent(sent, shown):
+    """Jina carries parameters as protobuf floats: k=0 read "got 0.0"."""
+    with pytest.raises(ValueError, match=re.escape(f"parameter 'k' must be in 1..1000, {shown}") + "$"):
+        parse_search_params({"k": sent})
 
 
 @pytest.mark.parametrize("doc, field", [

@@ -19,6 +19,11 @@ from crossmodal.settings import CALIBRATION, LIMITS, MODALITIES
 P = TypeVar("P")
 
 
+def _as_sent(value: float) -> str:
+    """Jina carries parameters as protobuf numbers, all floats: ``k=0`` arrives as ``0.0``."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53 else repr(value)
+
+
 def number(low: float, high: float, *, integer: bool = False, low_open: bool = False,
            high_open: bool = False) -> Callable[[str, Any], float]:
     """A check for a real number in an interval (open or closed at each end)."""
@@ -40,7 +45,7 @@ def number(low: float, high: float, *, integer: bool = False, low_open: bool = F
         above = as_float > low if low_open else as_float >= low
         below = as_float < high if high_open else as_float <= high
         if not (above and below):
-            raise ValueError(f"parameter {name!r} must be in {interval}, got {value!r}")
+            raise ValueError(f"parameter {name!r} must be in {interval}, got {_as_sent(value)}")
         return int(as_float) if integer else as_float
 
     return check
