@@ -20,7 +20,8 @@ P = TypeVar("P")
 
 
 def _as_sent(value: float) -> str:
-    """Jina carries parameters as protobuf numbers, all floats: ``k=0`` arrives as ``0.0``."""
+    """An integer parameter as the client wrote it: Jina carries parameters as protobuf numbers,
+    all floats, so ``k=0`` arrives as ``0.0``."""
     return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53 else repr(value)
 
 
@@ -45,7 +46,7 @@ def number(low: float, high: float, *, integer: bool = False, low_open: bool = F
         above = as_float > low if low_open else as_float >= low
         below = as_float < high if high_open else as_float <= high
         if not (above and below):
-            raise ValueError(f"parameter {name!r} must be in {interval}, got {_as_sent(value)}")
+            raise ValueError(f"parameter {name!r} must be in {interval}, got {_as_sent(value) if integer else repr(value)}")
         return int(as_float) if integer else as_float
 
     return check
