@@ -118,9 +118,13 @@ def embedding_error(embedding: Any, dim: int, limits: Limits = LIMITS) -> Option
     return None
 
 
+def id_required(limits: Limits = LIMITS) -> str:
+    return f"id: required, a non-empty string of at most {limits.max_id_chars} characters"
+
+
 def id_error(doc: ContentDoc, limits: Limits = LIMITS) -> Optional[str]:
     if not doc.id or not isinstance(doc.id, str) or len(doc.id) > limits.max_id_chars:
-        return f"id: required, a non-empty string of at most {limits.max_id_chars} characters"
+        return id_required(limits)
     return None
 
 

@@ -84,7 +84,7 @@ def read_docs(sources: Iterable[Source], failed: Callable[[Source, str], None],
             failed(source, str(err))
 
 
-def _shown(caption: str, limits: Limits = LIMITS) -> str:
+def _caption_tag(caption: str, limits: Limits = LIMITS) -> str:
     """The caption copied into its image's tags, for display: cut to what fits ``max_tags_bytes``
     however it is escaped (12 JSON bytes a character at worst), so that a long caption, itself
     indexed in full as text, cannot fail its image on ``tags``."""
@@ -101,7 +101,7 @@ def captions(table: Path, default_owner: str) -> Iterator[Source]:
         image_id = row.image.relative_to(root).as_posix() if row.image.is_relative_to(root) else row.image.name
         if image_id not in seen:
             seen[image_id] = 0
-            yield Source(image_id, owner, "image", path=row.image, tags={"caption": _shown(row.caption)})
+            yield Source(image_id, owner, "image", path=row.image, tags={"caption": _caption_tag(row.caption)})
         seen[image_id] += 1
         yield Source(f"{image_id}#caption{seen[image_id]}", owner, "text", text=row.caption,
                      tags={"image": image_id})

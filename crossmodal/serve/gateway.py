@@ -109,7 +109,9 @@ ID_ENDPOINTS = frozenset({"/delete"})  # an id names what the request acts on
 
 def _missing_ids(data, errors: dict[int, str], limits: Limits) -> Optional[Refused]:
     """Add, by position, the listed documents that carry no ``id``; refuse a single one."""
-    reason = f"id: required, a non-empty string of at most {limits.max_id_chars} characters"
+    from crossmodal.api.validate import id_required
+
+    reason = id_required(limits)
     if isinstance(data, dict):
         return None if data.get("id") is not None else Refused(422, f"data.{reason}", field="data.id")
     for i, doc in enumerate(data if isinstance(data, list) else []):
