@@ -24,6 +24,7 @@ from jina.types.request.data import DataRequest
 
 from crossmodal.api.params import boolean
 from crossmodal.api.schemas import CLIENT_FIELDS, ContentDoc
+from crossmodal.serve.graphcopy import share_read_only_state
 from crossmodal.settings import AUTH, LIMITS, POSTED_AT
 
 PREPARE = {"/recommend": "/history", "/refine": "/labels"}
@@ -181,6 +182,7 @@ def orchestrate(streamer) -> None:
     if getattr(inner, "crossmodal_orchestrated", False):
         return
     handler = inner._request_handler
+    share_read_only_state()
     shards = int(os.environ.get("CROSSMODAL_SHARDS", "1"))  # the Flow's environment (serve/flow.py)
 
     def handle(request: DataRequest, return_type: Any = None):
