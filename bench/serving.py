@@ -49,8 +49,12 @@ def photo_jpeg(seed: int) -> bytes:
 class Target:
     """One service under test: how to send it a text query and a one-image post."""
 
-    def __init__(self, name: str, port: int, ours: bool):
-        self.name, self.port, self.ours = name, port, ours
+    def __init__(self, name: str, port: int, ours: bool, root_pid: int):
+        self.name, self.port, self.ours, self.root_pid = name, port, ours, root_pid
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of every process of the service so far."""
+        return sum(_cpu_seconds(pid) for pid in process_tree(self.root_pid))
 
     def query(self, text: str = SHORT_QUERY) -> None:
         if self.ours:
@@ -80,6 +84,14 @@ def _smaps(pid: int) -> dict[str, float]:
             if key in ("Pss", "Rss"):
                 out[key] = int(rest.split()[0]) / 1024
     return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:  # gone since it was listed
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree(root: int) -> list[int]:
@@ -150,9 +162,33 @@ def role_names(server: Server) -> dict[int, str]:
     other = [p for p in rest if p not in torch_pids]
     for pid in torch_pids:
         names[pid] = "encoder (clip: both towers)"
+    listening = _listening_inodes(server.http_port)
     for pid in other:
-        names[pid] = "no-model process (gateway / indexer / recommender)"
+        links = _fd_links(pid)
+        names[pid] = ("gateway" if any(link in listening for link in links) else
+                      "indexer" if any(link.endswith("store.sqlite") for link in links) else "recommender")
     return names
+
+
+def _fd_links(pid: int) -> list[str]:
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return links
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """``socket:[inode]`` of the TCP sockets listening on ``port``."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                out.add(f"socket:[{fields[9]}]")
+    return out
 
 
 # --- one at a time and concurrent ---------------------------------------------------------
@@ -161,19 +197,25 @@ def one_at_a_time(report: Report, ours: Target, theirs: Target, repeats: int, ru
     """Interleaved single requests: a text query, and a one-image post, to each service in turn."""
     images = [photo_jpeg(i) for i in range(8)]
     samples = {(t.name, kind): [] for t in (ours, theirs) for kind in ("query", "image")}
+    cpu = {key: [] for key in samples}
     for i in range(repeats + 2):
         for target in (ours, theirs):
             for kind, call in (("query", target.query),
                                ("image", lambda t=target, i=i: t.add_image(f"one-{run}-{i}", images[i % len(images)]))):
+                used = target.cpu_seconds()
                 start = time.perf_counter()
                 call()
+                elapsed = time.perf_counter() - start
                 if i >= 2:
-                    samples[(target.name, kind)].append(time.perf_counter() - start)
+                    samples[(target.name, kind)].append(elapsed)
+                    cpu[(target.name, kind)].append(target.cpu_seconds() - used)
     p50 = {key: float(np.median(v)) * 1000 for key, v in samples.items()}
     for (name, kind), value in p50.items():
         what = "text query" if kind == "query" else "one 640x480 JPEG posted"
         p95 = np.percentile(samples[(name, kind)], 95) * 1000
         report.add(Figure(f"run {run}: {name}: {what}, p50 over HTTP", value, "ms", note=f"p95 {p95:.0f} ms"))
+        report.add(Figure(f"run {run}: {name}: {what}, CPU per request, all processes", np.mean(cpu[(name, kind)]) * 1000,
+                          "ms", note="mean; clock ticks of 10 ms, so read it over many requests"))
     return {"query": p50[(theirs.name, "query")] / p50[(ours.name, "query")],
             "image": p50[(theirs.name, "image")] / p50[(ours.name, "image")]}
 
@@ -230,9 +272,13 @@ def profile(report: Report, server: Server, repeats: int) -> None:
     cases = {"text query": ("/search", lambda i: ContentDoc(id="q", text=SHORT_QUERY)),
              "one-image post": ("/index", lambda i: ContentDoc(id=f"prof{i}", owner="bench", modality="image",
                                                               blob=jpeg))}
+    names = role_names(server)
     for case, (endpoint, make) in cases.items():
         per_step: dict[str, list[float]] = {}
+        used = {}
         for i in range(repeats + 1):
+            if i == 1:  # after the first request, which is not counted
+                used = {pid: _cpu_seconds(pid) for pid in names}
             start = time.perf_counter()
             [response] = client.post(endpoint, DocList[ContentDoc]([make(i)]), parameters={"k": 10},
                                      return_responses=True)
@@ -247,6 +293,9 @@ def profile(report: Report, server: Server, repeats: int) -> None:
                 per_step.setdefault(name, []).append(ms)
         for name, values in per_step.items():
             report.add(Figure(f"profile, {case} over gRPC: {name}", float(np.median(values)), "ms"))
+        for pid, before in used.items():
+            report.add(Figure(f"profile, {case} over gRPC: CPU per request, {names[pid]}",
+                              (_cpu_seconds(pid) - before) / repeats * 1000, "ms", note="mean"))
     _steps_in_process(report, jpeg, repeats)
 
 
@@ -299,10 +348,11 @@ def run(report: Report, quick: bool, runs: int = 2) -> None:
         baseline, port = start_baseline(vectors)
         try:
             with server:
-                ours, theirs = Target("ours", server.http_port, True), Target("baseline Flask", port, False)
+                ours = Target("ours", server.http_port, True, server.proc.pid)
+                theirs = Target("baseline Flask", port, False, baseline.pid)
                 ours.query()
                 memory(report, server, role_names(server))
-                profile(report, server, 10)
+                profile(report, server, 10 if quick else 30)
                 one, conc = [], []
                 for run_no in range(1, runs + 1):
                     one.append(one_at_a_time(report, ours, theirs, 10 if quick else 20, run_no))

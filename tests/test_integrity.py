@@ -189,9 +189,56 @@ def test_gateway_refuses_per_document_what_protobuf_cannot_carry():
     assert docs[2].embedding is None  # only the encoders make embeddings
 
 
-def test_http_answer_is_the_body_fastapi_would_have_built():
-    """The gateway renders Jina's HTTP answer itself (json_answer); the body must equal the one
-    FastAPI builds from ``to_dict()`` through the endpoint's output model, which it skips."""
+def _answer_docs(case: str) -> DocList[ContentDoc]:
+    from crossmodal.api.schemas import MatchDoc, MatchGroup, SeedDoc
+
+    if case == "mixed, with an array":  # an embedding: only docarray renders arrays
+        return DocList[ContentDoc]([
+            ContentDoc(id="q", text="a query", status="ok", image_matches=[
+                MatchDoc(id="m1", owner="o", modality="image", score=0.5, thumbnail="data:image/jpeg;base64,AA=="),
+                MatchDoc(id="m2", owner="o", modality="image", score=0.25, tags={"n": 1, "x": [1, "a", None]})]),
+            ContentDoc(id="e", status="error", error="text: too long", tags={"nested": {"deep": True}}),
+            ContentDoc(id="r", status="ok", from_text=MatchGroup(text_matches=[MatchDoc(id="m3", score=0.1, seed="s")]),
+                       seeds=[SeedDoc(key="s", post_id="p", member_ids=["p", "q"], embedding=np.ones(3, np.float32))])])
+    if case == "search and recommend answers":  # what the executors send: rendered from protobuf
+        matches = [MatchDoc(id=f"m{i}", owner="o", modality="text", score=1 / (i + 1), text="t", cluster=-1,
+                            tags={"created_at": 1.5, "n": i, "ok": True, "none": None, "l": [1, {"a": "b"}]})
+                   for i in range(3)]
+        return DocList[ContentDoc]([
+            ContentDoc(id="q", text="a query", text_matches=matches, image_matches=[]),
+            ContentDoc(id="r", status="ok", from_image=MatchGroup(), from_text=MatchGroup(text_matches=matches[:1]),
+                       seeds=[SeedDoc(key="s", member_ids=["p", "q"], share=2)], feedback={"method": "rocchio"})])
+    if case == "stored content, bytes and arrays":  # what travels between executors
+        from crossmodal.api.schemas import Posts
+
+        return DocList[ContentDoc]([ContentDoc(
+            id="c", owner="o", modality="image", blob=b"\x00\xff", embedding=np.ones(4, np.float32), shard=2,
+            tags={"a": 1}, posts=Posts(ids=["a"], modalities=["text"], embeddings=np.zeros((1, 4), np.float32)),
+            candidates=[MatchDoc(id="m", embedding=np.ones(4, np.float32), seed_index=0)])])
+    return _answer_docs("search and recommend answers")
+
+
+@pytest.mark.parametrize("case", ["mixed, with an array", "search and recommend answers",
+                                  "stored content, bytes and arrays"])
+def test_documents_are_written_to_protobuf_as_docarray_writes_them(case, monkeypatch):
+    """crossmodal.api.wire writes the executors' answers in place: the bytes must stay docarray's."""
+    from crossmodal.api.wire import WireDoc
+
+    docs = _answer_docs(case)
+    ours = docs.to_protobuf()
+    monkeypatch.delattr(WireDoc, "to_protobuf")  # docarray's own, for every nested document too
+    theirs = docs.to_protobuf()
+    assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("case, from_protobuf", [("mixed, with an array", False),
+                                                 ("search and recommend answers", True),
+                                                 ("an int in a float field", False)])
+def test_http_answer_is_the_body_fastapi_would_have_built(case, from_protobuf):
+    """The gateway renders Jina's HTTP answer itself (render.json_answer), from the protobuf where
+    it can; the body must equal the one FastAPI builds from ``to_dict()`` through the endpoint's
+    output model, which it skips."""
     from typing import Dict, List, Optional
 
     import pydantic
@@ -200,8 +247,7 @@ def test_http_answer_is_the_body_fastapi_would_have_built():
     from fastapi.encoders import jsonable_encoder
     from jina.types.request.data import DataRequest
 
-    from crossmodal.api.schemas import MatchDoc, MatchGroup, SeedDoc
-    from crossmodal.serve.gateway import json_answer
+    from crossmodal.serve.render import json_answer
 
     class Header(pydantic.BaseModel):  # Jina's HTTP header model (camelCase aliases)
         request_id: Optional[str] = pydantic.Field(alias="requestId")
@@ -212,23 +258,21 @@ def test_http_answer_is_the_body_fastapi_would_have_built():
 
     output = pydantic.create_model("out", data=(List[ContentDoc], ...), parameters=(Optional[Dict], None),
                                    header=(Optional[Header], None), __config__=BaseDoc.__config__)
-    docs = DocList[ContentDoc]([
-        ContentDoc(id="q", text="a query", status="ok", image_matches=[
-            MatchDoc(id="m1", owner="o", modality="image", score=0.5, thumbnail="data:image/jpeg;base64,AA=="),
-            MatchDoc(id="m2", owner="o", modality="image", score=0.25, tags={"n": 1, "x": [1, "a", None]})]),
-        ContentDoc(id="e", status="error", error="text: too long", tags={"nested": {"deep": True}}),
-        ContentDoc(id="r", status="ok", from_text=MatchGroup(text_matches=[MatchDoc(id="m3", score=0.1, seed="s")]),
-                   seeds=[SeedDoc(key="s", post_id="p", member_ids=["p", "q"], embedding=np.ones(3, np.float32))])])
     request = DataRequest()
     request.document_array_cls = DocList[ContentDoc]
-    request.data.docs = docs
+    request.data.docs = _answer_docs(case)
     request.parameters = {"k": 5, "username": "alice"}
     request.header.request_id = "abc"
-    request = DataRequest.from_proto(request.proto)  # documents as they come back from an executor
-    request.document_array_cls = DocList[ContentDoc]
+    if case == "an int in a float field":  # as a client's protobuf could say it: docarray makes it 1.0
+        request.proto.data.docs.docs[0].data["text_matches"].doc_array.docs[0].data["score"].integer = 1
     for target in (None, ""):  # Jina's gateway sets "" on the requests it forwards
+        answered = DataRequest.from_proto(request.proto)  # documents as they come back from an executor
+        answered.document_array_cls = DocList[ContentDoc]
         if target is not None:
-            request.header.target_executor = target
-        fastapi_body = jsonable_encoder(output.parse_obj(request.to_dict()), by_alias=True)
-        assert json_answer(request).body == DocArrayResponse(fastapi_body).body  # key order included
-    assert fastapi_body["header"]["requestId"] == "abc" and fastapi_body["data"][0]["image_matches"][1]["tags"]["n"] == 1
+            answered.header.target_executor = target
+        body = json_answer(answered, doc_type=ContentDoc).body
+        assert (answered.data._loaded_doc_array is None) == from_protobuf  # parsed only where it must be
+        fastapi_body = jsonable_encoder(output.parse_obj(answered.to_dict()), by_alias=True)
+        assert body == DocArrayResponse(fastapi_body).body  # key order included
+        assert json_answer(answered).body == body  # and the same from parsed documents
+    assert fastapi_body["header"]["requestId"] == "abc" and fastapi_body["data"][0]["id"] == "q"

@@ -7,9 +7,10 @@ endpoint stay ``None`` and cost nothing on the wire.
 
 from typing import Optional
 
-from docarray import BaseDoc, DocList
+from docarray import DocList
 from docarray.typing import NdArray
 
+from crossmodal.api.wire import WireDoc
 from crossmodal.settings import MODALITIES  # noqa: F401  (re-exported)
 
 
@@ -27,7 +28,7 @@ def _inline_item_schema(doc_type: type) -> None:
     DocList[doc_type].__modify_schema__ = classmethod(modify)
 
 
-class MatchDoc(BaseDoc):
+class MatchDoc(WireDoc):
     """One search or recommendation result."""
 
     owner: Optional[str] = None
@@ -48,14 +49,14 @@ class MatchDoc(BaseDoc):
 _inline_item_schema(MatchDoc)
 
 
-class MatchGroup(BaseDoc):
+class MatchGroup(WireDoc):
     """Results of one query modality, split by the modality of the results."""
 
     text_matches: DocList[MatchDoc] = DocList[MatchDoc]()
     image_matches: DocList[MatchDoc] = DocList[MatchDoc]()
 
 
-class SeedDoc(BaseDoc):
+class SeedDoc(WireDoc):
     """A recommendation seed planned by the recommender, searched by the indexer."""
 
     modality: str = "text"  # modality of the history posts it was built from
@@ -73,7 +74,7 @@ class SeedDoc(BaseDoc):
 _inline_item_schema(SeedDoc)
 
 
-class Posts(BaseDoc):
+class Posts(WireDoc):
     """Stored items' embeddings travelling between executors: a user's history for
     /recommend, the marked items and a sample of the collection for /refine. Shards may live
     on other machines, so what one executor needs from another's store travels in the
@@ -85,7 +86,7 @@ class Posts(BaseDoc):
     embeddings: Optional[NdArray] = None  # [n, dim]
 
 
-class ContentDoc(BaseDoc):
+class ContentDoc(WireDoc):
     """Content to index, a query, or a request for stats/recommendations. A client sets only
     ``CLIENT_FIELDS``; the gateway drops the others from what a client sends."""
 
