@@ -3,6 +3,7 @@ import io
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -85,6 +86,21 @@ def test_thumbnail_is_a_small_jpeg():
     uri = thumbnail_data_uri(Image.new("RGB", (1000, 500), "green"), size=256)
     thumb = Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2])))
     assert uri.startswith("data:image/jpeg;base64,") and max(thumb.size) == 256
+
+
+@pytest.mark.parametrize("size", [(640, 480), (1001, 500), (300, 200), (256, 256), (5000, 40), (40, 3000)])
+def test_thumbnail_reduced_first_keeps_the_size_and_looks_the_same(size):
+    """The box-filter shortcut for large images: the thumbnail PIL makes from the whole image, within JPEG noise."""
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    pixels = np.stack([np.sin(x / 37.0), np.cos(y / 23.0), np.sin((x + y) / 51.0)], -1)
+    image = Image.fromarray(((pixels + 1) * 127).astype(np.uint8))
+    direct = image.copy()
+    direct.thumbnail((256, 256))
+    uri = thumbnail_data_uri(image, size=256, quality=95)
+    ours = Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2]))).convert("RGB")
+    assert ours.size == direct.size
+    if min(direct.size) >= 16:  # a sliver of 2 pixels is all JPEG noise
+        assert np.abs(np.asarray(ours, np.float32) - np.asarray(direct, np.float32)).mean() < 2.0
 
 
 def test_large_jpeg_decodes_at_reduced_scale_but_never_below_min_size():

