@@ -60,3 +60,24 @@ def test_save_load_only_when_generation_matches(tmp_path):
     assert loaded.size == 39 and loaded.tombstones == {3}
     path.with_suffix(".json").unlink()  # as after a crash mid-save
     assert VectorIndex.load(path, 5, DIM, "HNSW32") is None
+
+
+def test_one_query_is_scanned_by_one_thread_and_the_team_is_restored(monkeypatch):
+    import faiss
+
+    from crossmodal.index import vectors
+
+    x = unit_rows(2000, 32, seed=3)
+    index = VectorIndex.build(32, "Flat", [(np.arange(2000), x)])
+    batch_scores, batch_vids = index.search(x[:8], 5, exclude=np.array([0]))
+    calls = []
+    monkeypatch.setattr(vectors, "OMP_THREADS", 2)
+    monkeypatch.setattr(faiss, "omp_set_num_threads", lambda n: calls.append(n))
+    for i in range(8):  # the same answers as in the batch, which keeps FAISS's team
+        scores, vids = index.search(x[i:i + 1], 5, exclude=np.array([0]))
+        assert vids.tolist() == batch_vids[i:i + 1].tolist()
+        np.testing.assert_allclose(scores, batch_scores[i:i + 1], rtol=1e-5)
+    assert calls == [1, 2] * 8
+    calls.clear()
+    index.search(x[:2], 5)
+    assert calls == []

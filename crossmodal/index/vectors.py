@@ -8,11 +8,12 @@ returns k live results when k exist.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import faiss
 import numpy as np
@@ -20,6 +21,23 @@ import numpy as np
 from crossmodal.settings import INDEX
 
 TRAIN_POINTS_PER_CENTROID = 39  # FAISS warns below this
+OMP_THREADS = faiss.omp_get_max_threads()  # FAISS's default team, read before any thread changes its own
+
+
+@contextlib.contextmanager
+def _one_thread_for_one_query(queries: int) -> Iterator[None]:
+    """One query is scanned by the calling thread alone. FAISS splits a single query's scan over
+    its OpenMP team, which here saved no time (the scan streams the vectors from memory) and
+    cost the other core ~0.7 ms per text query while the gateway and encoder need it. Batches
+    keep the team. The thread count is the calling thread's own (OpenMP), restored after."""
+    if queries != 1 or OMP_THREADS == 1:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(OMP_THREADS)
 
 
 class IndexConfigError(ValueError):
@@ -123,9 +141,10 @@ class VectorIndex:
             batch = faiss.IDSelectorBatch(np.array(hidden, dtype=np.int64)) if hidden else None
             selector = faiss.IDSelectorNot(batch) if batch is not None else None
             k = max(1, min(k, self.index.ntotal))
-            scores, vids = self.index.search(
-                np.ascontiguousarray(queries, np.float32), k, params=self._params(selector, k)
-            )
+            with _one_thread_for_one_query(len(queries)):
+                scores, vids = self.index.search(
+                    np.ascontiguousarray(queries, np.float32), k, params=self._params(selector, k)
+                )
         return scores, vids
 
     # -- persistence ----------------------------------------------------------------
