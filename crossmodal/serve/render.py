@@ -69,8 +69,10 @@ def _node_json(node, kind: Optional[str], inner: Optional[type], nullable: bool)
             return None
         raise _Unrendered("null for a field that cannot be null")
     tagged = node.type if node.WhichOneof("docarray_type") is not None else None
-    if kind == "id" and content == "text" and tagged == "id":
+    if kind in ("id", "text") and content == "text" and tagged == "id":  # Jina's models type ids as str
         return node.text
+    if kind == "any":
+        return _any_json(node)
     if tagged is not None or kind is None:
         raise _Unrendered(tagged or content)
     if kind == "doc" and content == "doc":
@@ -104,7 +106,10 @@ def _any_json(node) -> Any:
 
 @cache
 def _layout(doc_type: type) -> tuple:
-    """(name, kind, nested document type, pydantic field) per key, in the order of ``dict()``."""
+    """(name, kind, nested document type, pydantic field) per key, in the order of ``dict()``.
+
+    ``doc_type`` is the HTTP route's output model: not ``ContentDoc`` itself but the model Jina's
+    gateway rebuilds from its JSON schema (fields in another order, ``dict`` fields as ``Any``)."""
     rows = []
     for name in _key_order(doc_type):
         field = doc_type.__fields__[name]
@@ -116,6 +121,8 @@ def _layout(doc_type: type) -> tuple:
 def _kind(annotation) -> tuple[Optional[str], Optional[type]]:
     if annotation is ID:
         return "id", None
+    if annotation is typing.Any:  # what Jina's gateway models make of a dict field
+        return "any", None
     if isinstance(annotation, type) and issubclass(annotation, DocList):
         return "doc_array", annotation.doc_type
     if isinstance(annotation, type) and issubclass(annotation, BaseDoc):
