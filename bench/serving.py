@@ -258,7 +258,7 @@ def concurrency(report: Report, ours: Target, theirs: Target, run: int, quick: b
     return out
 
 
-def profile(report: Report, server: Server, repeats: int) -> None:
+def profile(report: Report, server: Server, names: dict[int, str], repeats: int) -> None:
     """Where one request's time goes: each executor's own time (Jina's route records), the rest
     being the gateway and the hops; inside the executors, the steps timed in this process."""
     from docarray import DocList
@@ -272,7 +272,6 @@ def profile(report: Report, server: Server, repeats: int) -> None:
     cases = {"text query": ("/search", lambda i: ContentDoc(id="q", text=SHORT_QUERY)),
              "one-image post": ("/index", lambda i: ContentDoc(id=f"prof{i}", owner="bench", modality="image",
                                                               blob=jpeg))}
-    names = role_names(server)
     for case, (endpoint, make) in cases.items():
         per_step: dict[str, list[float]] = {}
         used = {}
@@ -351,8 +350,9 @@ def run(report: Report, quick: bool, runs: int = 2) -> None:
                 ours = Target("ours", server.http_port, True, server.proc.pid)
                 theirs = Target("baseline Flask", port, False, baseline.pid)
                 ours.query()
-                memory(report, server, role_names(server))
-                profile(report, server, 10 if quick else 30)
+                names = role_names(server)
+                memory(report, server, names)
+                profile(report, server, names, 10 if quick else 30)
                 one, conc = [], []
                 for run_no in range(1, runs + 1):
                     one.append(one_at_a_time(report, ours, theirs, 10 if quick else 20, run_no))

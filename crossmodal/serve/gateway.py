@@ -357,9 +357,8 @@ def answer_whole(streamer, limits: Limits = LIMITS) -> None:
             last.to_dict = partial(json_answer, last, doc_type=doc_type)
             yield last
             return
-        answered = [doc for resp in responses for doc in resp.docs]
-        merged = list(answered)
-        if len(answered) == len(good):
+        merged = [doc for resp in responses for doc in resp.docs]
+        if len(merged) == len(good):
             for i in sorted(bad):
                 merged.insert(i, bad[i])
         else:  # an endpoint that answers other documents than it got (/stats)

@@ -80,7 +80,7 @@ def _node_json(node, kind: Optional[str], inner: Optional[type], nullable: bool)
     if kind == "doc_array" and content == "doc_array":
         return [_doc_json(item, inner) for item in node.doc_array.docs]
     if kind == "dict" and content == "dict":
-        return {key: _any_json(value) for key, value in node.dict.data.items()}
+        return _any_json(node)
     if kind == "list_text" and content == "list":
         return [_node_json(item, "text", None, False) for item in node.list.data]
     if kind == content and kind in ("text", "integer", "float", "boolean"):
